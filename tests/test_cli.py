@@ -20,6 +20,8 @@ def test_no_command_prints_help_and_fails(capsys):
 
 
 def test_module_entry_point(subprocess_env):
-    out = subprocess.run([sys.executable, "-m", "onenet_med", "--help"], env=subprocess_env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "onenet_med", "--help"], env=subprocess_env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "onenet-med" in out.stdout
