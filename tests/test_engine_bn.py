@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ignite.distributed as idist
 import pytest
 import torch
 from ignite.engine import Engine
@@ -90,3 +91,24 @@ def test_handler_runs_before_each_evaluation(event, runs):
         engine.run([0], max_epochs=1)
     assert calls == [2] * runs
     assert model[2].running_mean.abs().max() < 5.0
+
+
+def _ddp_worker(local_rank: int) -> None:
+    rank = idist.get_rank()
+    torch.manual_seed(0)
+    model = conv_relu_bn()  # same weights on both ranks
+    data = [torch.randn(8, 2, 3, 3) + 3.0 * rank]  # different data per rank
+    with torch.no_grad():
+        model.train()
+        own_mean = model[:2](data[0]).mean(dim=(0, 2, 3))
+    recompute_bn_stats(model, data)
+    gathered = idist.all_gather(model[2].running_mean.unsqueeze(0))
+    assert torch.allclose(gathered[0], gathered[1])  # ranks agree
+    means = idist.all_gather(own_mean.unsqueeze(0))
+    assert torch.allclose(model[2].running_mean, means.mean(0), atol=1e-6)  # the average of the ranks' statistics
+
+
+@pytest.mark.slow  # spawning two interpreters takes ~20 s on the shared 2-core machine
+def test_ddp_statistics_are_averaged_over_ranks():
+    with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+        parallel.run(_ddp_worker)

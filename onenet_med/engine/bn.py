@@ -95,8 +95,7 @@ def recompute_bn_stats(
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
             layer.num_batches_tracked.copy_(count)
-        return 0
-    if idist.get_world_size() > 1:
+    if idist.get_world_size() > 1:  # every rank takes part, also one that saw no batch
         for layer in layers:
             layer.running_mean.copy_(idist.all_reduce(layer.running_mean.clone()) / idist.get_world_size())
             layer.running_var.copy_(idist.all_reduce(layer.running_var.clone()) / idist.get_world_size())
