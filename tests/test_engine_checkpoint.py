@@ -224,3 +224,113 @@ def test_resume_errors(tmp_path):
             build_trainer(tmp_path / "two", max_epochs=1, resume=True).run()
     finally:
         set_determinism(seed=None)
+
+
+def bundle_config(ckpt_dir, max_epochs: int, resume: bool) -> dict:
+    """A train.json-like config wiring every factory and handler of the engine and metrics packages."""
+    return {
+        "imports": ["$import torch", "$import monai"],
+        "ckpt_dir": str(ckpt_dir),
+        "resume": resume,
+        "num_classes": K,
+        "max_epochs": max_epochs,
+        "network": {"_target_": "torch.nn.Conv2d", "in_channels": 2, "out_channels": K, "kernel_size": 1},
+        "loss": {"_target_": "onenet_med.engine.get_loss", "num_classes": "@num_classes"},
+        "optimizer": {"_target_": "onenet_med.engine.get_optimizer", "params": "$@network.parameters()"},
+        "lr_scheduler": {
+            "_target_": "onenet_med.engine.get_lr_scheduler",
+            "optimizer": "@optimizer",
+            "name": "cosine",
+            "max_epochs": 3,
+        },
+        "checkpoint_objects": {
+            "model": "@network",
+            "optimizer": "@optimizer",
+            "lr_scheduler": "@lr_scheduler",
+            "best": "@validate#handlers#1",
+        },
+        "train": {
+            "dataset": {
+                "_target_": "Dataset",
+                "data": "$[{'image': torch.rand(2, 6, 6), 'label': torch.randint(0, 3, (1, 6, 6))} for _ in range(6)]",
+            },
+            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 3, "shuffle": True},
+            "handlers": [
+                {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": False},
+                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "interval": 1},
+                {
+                    "_target_": "onenet_med.engine.CheckpointResumer",
+                    "ckpt_dir": "@ckpt_dir",
+                    "load_dict": "@checkpoint_objects",
+                    "enabled": "@resume",
+                },
+                {
+                    "_target_": "onenet_med.engine.LatestCheckpointSaver",
+                    "ckpt_dir": "@ckpt_dir",
+                    "save_dict": "@checkpoint_objects",
+                },
+            ],
+            "trainer": {
+                "_target_": "SupervisedTrainer",
+                "device": "$torch.device('cpu')",
+                "max_epochs": "@max_epochs",
+                "train_data_loader": "@train#dataloader",
+                "network": "@network",
+                "optimizer": "@optimizer",
+                "loss_function": "@loss",
+                "train_handlers": "@train#handlers",
+            },
+        },
+        "validate": {
+            "handlers": [
+                {
+                    "_target_": "onenet_med.engine.BNStatsRefresh",
+                    "model": "@network",
+                    "loader": "@train#dataloader",
+                    "num_batches": 1,
+                },
+                {
+                    "_target_": "onenet_med.engine.BestCheckpointSaver",
+                    "ckpt_dir": "@ckpt_dir",
+                    "model": "@network",
+                    "metric_name": "val_dice",
+                },
+            ],
+            "evaluator": {
+                "_target_": "SupervisedEvaluator",
+                "device": "$torch.device('cpu')",
+                "val_data_loader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 3},
+                "network": "@network",
+                "key_val_metric": {
+                    "val_dice": {
+                        "_target_": "onenet_med.metrics.SegmentationMetrics",
+                        "num_classes": "@num_classes",
+                        "key": "dice",
+                    }
+                },
+                "additional_metrics": {
+                    "val": {"_target_": "onenet_med.metrics.SegmentationMetrics", "num_classes": "@num_classes"}
+                },
+                "val_handlers": "@validate#handlers",
+            },
+        },
+    }
+
+
+def test_bundle_config_wiring(tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(bundle_config(tmp_path, max_epochs=1, resume=False))
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    assert {"val_dice", "ce", "dice", "miou", "map50", "dice_class1"} <= set(evaluator.state.metrics)
+    assert os.path.isfile(tmp_path / "latest.pt") and os.path.isfile(tmp_path / "model.pt")
+
+    parser = ConfigParser(bundle_config(tmp_path, max_epochs=2, resume=True))
+    trainer = parser.get_parsed_content("train#trainer")
+    executed = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: executed.append(e.state.iteration))
+    trainer.run()
+    assert executed == [3, 4] and trainer.state.epoch == 2
+    assert load_checkpoint(tmp_path / "latest.pt")["trainer"]["iteration"] == 4

@@ -14,7 +14,7 @@ Typical bundle wiring (train.json)::
 
     "train#handlers": [..., {"_target_": "ValidationHandler", ...},
         {"_target_": "onenet_med.engine.CheckpointResumer", "ckpt_dir": "@ckpt_dir",
-         "load_dict": "@checkpoint_objects", "transforms": "@train#preprocessing", "_disabled_": "$not @resume"},
+         "load_dict": "@checkpoint_objects", "transforms": "@train#preprocessing", "enabled": "@resume"},
         {"_target_": "onenet_med.engine.LatestCheckpointSaver", "ckpt_dir": "@ckpt_dir",
          "save_dict": "@checkpoint_objects", "transforms": "@train#preprocessing"}]
     "checkpoint_objects": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
@@ -264,6 +264,7 @@ class CheckpointResumer:
         missing_ok: start from scratch (with a log message) when the checkpoint does not exist, instead of raising.
         transforms: random transforms whose states are restored (the same as given to the saver).
         map_location: device for the loaded tensors.
+        enabled: when false, ``attach`` does nothing (config switch: ``"enabled": "@resume"``).
     """
 
     def __init__(
@@ -274,7 +275,9 @@ class CheckpointResumer:
         missing_ok: bool = False,
         transforms: Any = None,
         map_location: str | torch.device = "cpu",
+        enabled: bool = True,
     ) -> None:
+        self.enabled = bool(enabled)
         self.path = os.path.join(os.fspath(ckpt_dir), filename)
         self.load_dict = dict(load_dict)
         self.load_dict.setdefault("rng", RNGState(transforms))
@@ -283,6 +286,8 @@ class CheckpointResumer:
         self.resumed_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
         self.load_dict.setdefault("trainer", engine)
         engine.add_event_handler(Events.STARTED, self)
 
