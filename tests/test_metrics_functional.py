@@ -187,6 +187,7 @@ def test_class_keys(num_classes, names, expected):
 def brute_force(logits: torch.Tensor, label: torch.Tensor, k: int) -> dict[str, float]:
     """Per-pixel Python loops over nested lists: Dice/IoU means and mAP@0.5 by threshold enumeration."""
     probs = torch.softmax(logits.double(), 1).tolist()
+    raw = logits.tolist()
     lab = label[:, 0].tolist()
     n, h, w = len(lab), len(lab[0]), len(lab[0][0])
     dice_per_class, iou_per_class, ap_per_class = [], [], []
@@ -200,10 +201,10 @@ def brute_force(logits: torch.Tensor, label: torch.Tensor, k: int) -> dict[str, 
                     t = lab[i][y][x]
                     if t == V:
                         continue
-                    pixel = [probs[i][j][y][x] for j in range(k)]
-                    p = max(range(k), key=lambda j: (pixel[j], -j))  # first maximum
+                    pixel = [raw[i][j][y][x] for j in range(k)]
+                    p = max(range(k), key=lambda j: (pixel[j], -j))  # argmax of the logits, first maximum
                     if p == c:
-                        prob_sum += pixel[c]
+                        prob_sum += probs[i][c][y][x]
                         pred_size += 1
                     tp += p == c and t == c
                     fp += p == c and t != c

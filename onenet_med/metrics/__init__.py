@@ -17,7 +17,6 @@ from onenet_med.metrics.functional import (
     slice_statistics,
     to_slices,
     volume_dice,
-    weighted_ce_sums,
 )
 from onenet_med.metrics.ignite_metrics import SegmentationMetrics, pred_label_transform
 from onenet_med.metrics.report import format_table, write_evaluation
@@ -39,6 +38,5 @@ __all__ = [
     "slice_statistics",
     "to_slices",
     "volume_dice",
-    "weighted_ce_sums",
     "write_evaluation",
 ]

@@ -32,7 +32,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from onenet_med.engine.losses import IGNORE_INDEX, class_weights, prepare_label
 
@@ -46,13 +45,11 @@ __all__ = [
     "iou_from_counts",
     "mean_average_precision",
     "mean_over_present",
-    "predicted_mask_scores",
     "results_from_statistics",
     "segmentation_metrics",
     "slice_statistics",
     "to_slices",
     "volume_dice",
-    "weighted_ce_sums",
 ]
 
 DEFINITIONS: dict[str, str] = {
@@ -90,6 +87,29 @@ def to_slices(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
 
 
+def _check_labels(target: torch.Tensor, valid: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Clear error for label values that are neither a class index nor the void value."""
+    bad = valid & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        values = sorted(set(target[bad].unique().tolist()))[:10]
+        raise ValueError(
+            f"label values {values} are outside 0..{num_classes - 1} and not the void value {ignore_index} "
+            f"(num_classes={num_classes}); check the task's num_classes and the label files"
+        )
+
+
+def _counts_by_item(
+    item: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor, n: int, k: int
+) -> torch.Tensor:
+    """(n, k, 3) TP/FP/FN from per-pixel item ids, labels, predictions and the non-void mask (one bincount)."""
+    code = torch.where(valid, (item * k + target) * k + pred, n * k * k)  # void pixels go to a spare last bin
+    confusion = torch.bincount(code.reshape(-1), minlength=n * k * k + 1)[:-1].view(n, k, k)  # [item, true, pred]
+    tp = confusion.diagonal(dim1=1, dim2=2)
+    fp = confusion.sum(dim=1) - tp
+    fn = confusion.sum(dim=2) - tp
+    return torch.stack([tp, fp, fn], dim=-1)
+
+
 def confusion_counts(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
@@ -109,22 +129,11 @@ def confusion_counts(
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
     n, k = pred.shape[0], int(num_classes)
     valid = target != ignore_index
-    bad = valid & ((target < 0) | (target >= k))
-    if bool(bad.any()):
-        values = sorted(set(target[bad].unique().tolist()))[:10]
-        raise ValueError(
-            f"label values {values} are outside 0..{k - 1} and not the void value {ignore_index} "
-            f"(num_classes={k}); check the task's num_classes and the label files"
-        )
+    _check_labels(target, valid, k, ignore_index)
     if bool(((pred < 0) | (pred >= k)).any()):
         raise ValueError(f"predicted class indices must lie in 0..{k - 1}")
-    item = torch.arange(n, device=pred.device).view(-1, *([1] * (pred.ndim - 1))).expand_as(pred)
-    index = (item[valid] * k + target[valid]) * k + pred[valid]
-    confusion = torch.bincount(index, minlength=n * k * k).view(n, k, k)  # [item, true, predicted]
-    tp = confusion.diagonal(dim1=1, dim2=2)
-    fp = confusion.sum(dim=1) - tp
-    fn = confusion.sum(dim=2) - tp
-    return torch.stack([tp, fp, fn], dim=-1)
+    item = torch.arange(n, device=pred.device).view(-1, *([1] * (pred.ndim - 1)))
+    return _counts_by_item(item, target, pred, valid, n, k)
 
 
 def dice_from_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -148,53 +157,6 @@ def mean_over_present(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.nanmean(values, dim=dim)
 
 
-def predicted_mask_scores(
-    probs: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
-) -> torch.Tensor:
-    """Mean predicted probability of each class over its predicted mask, per image (void pixels excluded).
-
-    Args:
-        probs: (N, H, W) probability of the predicted (argmax) class at each pixel.
-        pred: (N, H, W) argmax class indices.
-        target: (N, H, W) labels (only used to exclude void pixels).
-        num_classes: K.
-        ignore_index: void label value.
-
-    Returns:
-        float64 (N, K); NaN where the predicted mask of the class is empty.
-    """
-    n, k = pred.shape[0], int(num_classes)
-    valid = target != ignore_index
-    item = torch.arange(n, device=pred.device).view(-1, 1, 1).expand_as(pred)
-    index = item[valid] * k + pred[valid]
-    sums = torch.bincount(index, weights=probs[valid].double(), minlength=n * k).view(n, k)
-    sizes = torch.bincount(index, minlength=n * k).view(n, k)
-    return torch.where(sizes > 0, sums / sizes.clamp_min(1), torch.full_like(sums, math.nan))
-
-
-def weighted_ce_sums(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    background_weight: float = 0.25,
-    ignore_index: int = IGNORE_INDEX,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-item numerator and denominator of the weighted CE: ``sum_i w[y_i] CE_i`` and ``sum_i w[y_i]``.
-
-    Args:
-        logits: (N, K, ...) logits.
-        target: (N, ...) int64 labels, void = ``ignore_index``.
-
-    Returns:
-        two float64 tensors (N,); the dataset CE is ``numerator.sum() / denominator.sum()``.
-    """
-    weights = class_weights(num_classes, background_weight).to(logits.device)
-    per_pixel = F.cross_entropy(logits.float(), target, weight=weights, ignore_index=ignore_index, reduction="none")
-    valid = target != ignore_index
-    pixel_weights = torch.where(valid, weights[target.clamp(0, num_classes - 1)], torch.zeros_like(per_pixel))
-    return per_pixel.double().flatten(1).sum(1), pixel_weights.double().flatten(1).sum(1)
-
-
 def slice_statistics(
     logits: torch.Tensor,
     label: torch.Tensor,
@@ -203,6 +165,10 @@ def slice_statistics(
     ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, torch.Tensor]:
     """Everything the metrics need from one batch, compact (no probability maps are kept).
+
+    One pass over the logits: log-sum-exp and max give the CE, the argmax prediction and its probability; one
+    ``bincount`` gives the per-slice confusion counts and another the per-slice detection scores. Volumes are not
+    copied into slices: slice ``d`` of case ``b`` is item ``b * D + d``.
 
     Args:
         logits: (B, K, H, W) images or (B, K, H, W, D) volumes, raw network outputs.
@@ -213,9 +179,9 @@ def slice_statistics(
 
     Returns:
         dict with ``counts`` (N, K-1, 3) int64 TP/FP/FN per image (N = B, or B*D for volumes) and foreground class,
-        ``scores`` (N, K-1) float64 mean probability over the predicted mask (NaN when empty),
+        ``scores`` (N, K-1) float64 mean probability of the class over its predicted mask (NaN when empty),
         ``volume_counts`` (B, K-1, 3) for volumes (absent for images), ``ce_sum`` and ``ce_weight`` (B,) float64
-        (per input item: image or volume).
+        (per input item: image or volume), all on the CPU.
     """
     logits = _plain(logits)
     k = logits.shape[1]
@@ -223,25 +189,45 @@ def slice_statistics(
         raise ValueError(f"logits have {k} channels but num_classes={num_classes}")
     if logits.ndim not in (4, 5):
         raise ValueError(f"logits must be (B, K, H, W) or (B, K, H, W, D), got shape {tuple(logits.shape)}")
-    target = prepare_label(_plain(label), logits.ndim)
+    target = prepare_label(_plain(label), logits.ndim).to(logits.device)
     if target.shape[0] != logits.shape[0] or target.shape[1:] != logits.shape[2:]:
         raise ValueError(f"label shape {tuple(label.shape)} does not match logits shape {tuple(logits.shape)}")
+    b = logits.shape[0]
     with torch.no_grad():
-        ce_sum, ce_weight = weighted_ce_sums(logits, target, k, background_weight, ignore_index)
-        slices = to_slices(logits)
-        target_slices = to_slices(target.unsqueeze(1))[:, 0]
-        probs, pred = torch.softmax(slices.float(), dim=1).max(dim=1)
-        counts = confusion_counts(pred, target_slices, k, ignore_index)[:, 1:]
-        scores = predicted_mask_scores(probs, pred, target_slices, k, ignore_index)[:, 1:]
+        logits = logits.float()
+        valid = target != ignore_index
+        _check_labels(target, valid, k, ignore_index)
+        safe_target = torch.where(valid, target, 0)
+        lse = torch.logsumexp(logits, dim=1)
+        top, pred = logits.max(dim=1)  # argmax of the logits (first index on ties)
+        prob = torch.exp(top - lse)  # softmax probability of the predicted class
+        # weighted CE: w[y] * (logsumexp - logit_y), summed per item, and the weights summed per item
+        pixel_weight = class_weights(k, background_weight).to(logits.device)[safe_target] * valid
+        nll = lse - logits.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+        ce_sum = (nll * pixel_weight).double().flatten(1).sum(1)
+        ce_weight = pixel_weight.double().flatten(1).sum(1)
+        # item (slice) id of every pixel
+        if logits.ndim == 5:
+            d = logits.shape[-1]
+            item = torch.arange(b, device=logits.device).view(b, 1, 1, 1) * d + torch.arange(
+                d, device=logits.device
+            ).view(1, 1, 1, d)
+        else:
+            item = torch.arange(b, device=logits.device).view(b, 1, 1)
+        n = b * (logits.shape[-1] if logits.ndim == 5 else 1)
+        counts = _counts_by_item(item, target, pred, valid, n, k)
+        index = torch.where(valid, item * k + pred, n * k).reshape(-1)
+        sums = torch.bincount(index, weights=torch.where(valid, prob, 0.0).double().reshape(-1), minlength=n * k + 1)
+        sizes = torch.bincount(index, minlength=n * k + 1)[:-1].view(n, k)
+        scores = torch.where(sizes > 0, sums[:-1].view(n, k) / sizes.clamp_min(1), math.nan)
     out: dict[str, torch.Tensor] = {
-        "counts": counts.cpu(),
-        "scores": scores.cpu(),
+        "counts": counts[:, 1:].cpu(),
+        "scores": scores[:, 1:].cpu(),
         "ce_sum": ce_sum.cpu(),
         "ce_weight": ce_weight.cpu(),
     }
     if logits.ndim == 5:
-        b, d = logits.shape[0], logits.shape[-1]
-        out["volume_counts"] = out["counts"].view(b, d, k - 1, 3).sum(dim=1)
+        out["volume_counts"] = out["counts"].view(b, -1, k - 1, 3).sum(dim=1)
     return out
 
 
