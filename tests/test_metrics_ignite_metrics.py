@@ -95,6 +95,9 @@ def test_volume_rows_and_errors():
     metric_2d.update(random_batch(1, 1, 3, (3, 3)))
     with pytest.raises(KeyError, match="volume inputs"):
         metric_2d.compute()
+    bad_label = MetaTensor(torch.full((1, 1, 3, 3), 7), meta={"filename_or_obj": ["case_9.nii.gz"]})
+    with pytest.raises(ValueError, match=r"label values \[7\] are outside 0..2.*cases: case_9.nii.gz"):
+        SegmentationMetrics(3).update((torch.randn(1, 3, 3, 3), bad_label))
     with pytest.raises(NotComputableError):
         SegmentationMetrics(3).compute()
 

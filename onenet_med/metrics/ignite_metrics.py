@@ -118,7 +118,11 @@ class SegmentationMetrics(Metric):
         if self._is_volume is not None and is_volume != self._is_volume:
             raise ValueError("SegmentationMetrics got both 2D images and 3D volumes in one epoch; score them apart")
         self._is_volume = is_volume
-        stats = slice_statistics(y_pred, y, self.num_classes, self.background_weight, self.ignore_index)
+        try:
+            stats = slice_statistics(y_pred, y, self.num_classes, self.background_weight, self.ignore_index)
+        except ValueError as error:
+            names = [n for n in _case_names(y, y_pred.shape[0]) if n is not None]
+            raise ValueError(f"{error}" + (f" (cases: {', '.join(names)})" if names else "")) from error
         self._counts.append(stats["counts"])
         self._scores.append(stats["scores"])
         self._ce_sum.append(stats["ce_sum"])
