@@ -1,0 +1,41 @@
+"""What bundles call: loss, optimiser and schedule factories, checkpoint I/O, resume and BatchNorm handlers."""
+
+from onenet_med.engine.atomic import atomic_path, atomic_torch_save, atomic_write_text
+from onenet_med.engine.bn import BNStatsRefresh, batchnorm_layers, recompute_bn_stats
+from onenet_med.engine.checkpoint import (
+    BEST_FILENAME,
+    LATEST_FILENAME,
+    BestCheckpointSaver,
+    CheckpointResumer,
+    LatestCheckpointSaver,
+    RNGState,
+    load_checkpoint,
+    save_checkpoint,
+)
+from onenet_med.engine.losses import IGNORE_INDEX, WeightedCrossEntropyLoss, class_weights, get_loss
+from onenet_med.engine.optim import get_optimizer
+from onenet_med.engine.schedules import get_lr_scheduler, paper_milestones
+
+__all__ = [
+    "BEST_FILENAME",
+    "IGNORE_INDEX",
+    "LATEST_FILENAME",
+    "BNStatsRefresh",
+    "BestCheckpointSaver",
+    "CheckpointResumer",
+    "LatestCheckpointSaver",
+    "RNGState",
+    "WeightedCrossEntropyLoss",
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "batchnorm_layers",
+    "class_weights",
+    "get_loss",
+    "get_lr_scheduler",
+    "get_optimizer",
+    "load_checkpoint",
+    "paper_milestones",
+    "recompute_bn_stats",
+    "save_checkpoint",
+]
