@@ -7,7 +7,7 @@ Volumes (MSD tasks and the demo)::
       [-> Resized in-plane when a spatial_size is given] -> label as uint8
     train:    -> SliceForegroundd (per-slice foreground flags, cached with the volume)
               -> RandSliceByPosNegd (axial slices, positive/negative balanced; first random step)
-              -> pad in-plane (SpatialPadd min size, DivisiblePadd k) -> flips, intensity scale/shift
+              -> pad in-plane at the end (SpatialPadd min size, DivisiblePadd k) -> flips, intensity scale/shift
               -> image (C, H, W) float32, label (1, H, W) int64
     validate: -> DivisiblePadd (H, W to a multiple of k) -> image (C, H, W, D), label (1, H, W, D) int64
     infer:    as validate without label; every spatial step is invertible (monai Invertd)
@@ -221,15 +221,16 @@ def _resize(keys: Sequence[str], image_key: str, size: Sequence[int], volume: bo
 
 
 def _pad(keys: Sequence[str], image_key: str, k: int, volume: bool, label_pad: int, min_size=None) -> list:
+    """Pad at the end of H and W (``x[..., :H, :W]`` is the original), images with 0, labels with ``label_pad``."""
     out = []
     lab = [key for key in keys if key != image_key]
     if min_size is not None:
         size = (*min_size, -1) if volume else tuple(min_size)
-        out.append(SpatialPadd(image_key, spatial_size=size))
-        out += [SpatialPadd(key, spatial_size=size, value=label_pad) for key in lab]
+        out.append(SpatialPadd(image_key, spatial_size=size, method="end"))
+        out += [SpatialPadd(key, spatial_size=size, method="end", value=label_pad) for key in lab]
     kk = (k, k, 1) if volume else k
-    out.append(DivisiblePadd(image_key, k=kk))
-    out += [DivisiblePadd(key, k=kk, value=label_pad) for key in lab]
+    out.append(DivisiblePadd(image_key, k=kk, method="end"))
+    out += [DivisiblePadd(key, k=kk, method="end", value=label_pad) for key in lab]
     return out
 
 
