@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from onenet_med.data import IGNORE_INDEX, TaskSpec, get_task, list_tasks
@@ -52,3 +55,14 @@ def test_unknown_task_and_bad_specs():
         TaskSpec("x", "nifti", 1, 2, ("a", "b"), "mri")
     with pytest.raises(ValueError, match="ct_window"):
         TaskSpec("x", "msd", 1, 2, ("a", "b"), "ct")
+
+
+def test_cli_and_registry_do_not_import_monai(subprocess_env):
+    # importing MONAI takes seconds: `onenet-med --help` and the task registry must not pay for it
+    code = (
+        "import sys, onenet_med.cli as c; c.build_parser(); from onenet_med.data import get_task; "
+        "print('monai' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

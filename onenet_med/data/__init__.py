@@ -7,52 +7,49 @@ Typical use::
     lists = get_datalists("heart", "data/Task02_Heart", val_fraction=0.2, seed=0)
     train_ds = get_dataset(lists["train"], get_transforms("heart", "train"), cache="memory")
     val_ds = get_dataset(lists["validation"], get_transforms("heart", "validate"), cache="memory")
+
+Only the task registry is imported eagerly; the rest loads on first use (importing MONAI takes seconds, and
+``onenet-med --help`` should not pay for it).
 """
 
-from onenet_med.data.check import (
-    CheckReport,
-    DataValidationError,
-    Problem,
-    check_datalist,
-    check_dataset,
-    detect_layout,
-    validate_datalist,
-)
-from onenet_med.data.datasets import CACHE_MODES, get_datalists, get_dataset
-from onenet_med.data.demo import build_demo_dataset
-from onenet_med.data.msd import download_msd, split_cases
-from onenet_med.data.natural import PetTrimapd
-from onenet_med.data.tasks import IGNORE_INDEX, TaskSpec, get_task, list_tasks
-from onenet_med.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RandSliceByPosNegd,
-    SliceForegroundd,
-    get_transforms,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CACHE_MODES",
-    "IGNORE_INDEX",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "CheckReport",
-    "DataValidationError",
-    "PetTrimapd",
-    "Problem",
-    "RandSliceByPosNegd",
-    "SliceForegroundd",
-    "TaskSpec",
-    "build_demo_dataset",
-    "check_datalist",
-    "check_dataset",
-    "detect_layout",
-    "download_msd",
-    "get_datalists",
-    "get_dataset",
-    "get_task",
-    "get_transforms",
-    "list_tasks",
-    "split_cases",
-    "validate_datalist",
-]
+import importlib
+
+from onenet_med.data.tasks import IGNORE_INDEX, TaskSpec, get_task, list_tasks
+
+_LAZY = {
+    "CheckReport": "check",
+    "DataValidationError": "check",
+    "Problem": "check",
+    "check_datalist": "check",
+    "check_dataset": "check",
+    "detect_layout": "check",
+    "validate_datalist": "check",
+    "CACHE_MODES": "datasets",
+    "get_datalists": "datasets",
+    "get_dataset": "datasets",
+    "build_demo_dataset": "demo",
+    "download_msd": "msd",
+    "split_cases": "msd",
+    "PetTrimapd": "natural",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "RandSliceByPosNegd": "transforms",
+    "SliceForegroundd": "transforms",
+    "get_transforms": "transforms",
+}
+
+__all__ = ["IGNORE_INDEX", "TaskSpec", "get_task", "list_tasks", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

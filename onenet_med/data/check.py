@@ -143,6 +143,7 @@ def _check_label_values(values: np.ndarray, spec: TaskSpec, path: str, problems:
                 + (f" (+ {spec.ignore_index} void)" if spec.ignore_index is not None else ""),
             )
         )
+        return
     fg = [v for v in values if 0 < int(v) < spec.num_classes]
     if not fg:
         problems.append(_warn(path, "empty label (no foreground class present)"))
