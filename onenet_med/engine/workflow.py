@@ -1,0 +1,100 @@
+"""Small factories the bundle configs call, so that the five bundles' JSON stays short and identical in shape.
+
+Everything a bundle needs beyond plain MONAI/Ignite components lives here or in the other ``onenet_med``
+modules; the configs only wire them together (see ``bundles/README.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SimpleInferer, SliceInferer
+
+from onenet_med.data import get_datalists, get_task, validate_datalist
+from onenet_med.data.tasks import TaskSpec
+
+__all__ = ["bundle_root", "data_dir", "default_device", "get_inferer", "prepare_datalists", "repo_root"]
+
+logger = logging.getLogger(__name__)
+
+
+def repo_root() -> Path:
+    """The source checkout holding ``bundles/`` and ``data/`` (the package is installed editable from it)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def bundle_root(name: str) -> str:
+    """Default ``bundle_root`` of bundle ``name``: ``<checkout>/bundles/<name>`` when the package runs from a
+    source checkout, else the current directory (model-zoo convention: run from the bundle folder).
+
+    Users override it on the command line (``--bundle_root PATH``)."""
+    candidate = repo_root() / "bundles" / name
+    return str(candidate) if candidate.is_dir() else os.getcwd()
+
+
+def data_dir(name: str) -> str:
+    """Default ``dataset_dir``: ``<checkout>/data/<name>`` in a source checkout, else ``./data/<name>``."""
+    root = repo_root()
+    return str(root / "data" / name) if (root / "bundles").is_dir() else os.path.join("data", name)
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU; under ``torchrun`` each rank takes ``cuda:LOCAL_RANK``."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def prepare_datalists(
+    task: str | TaskSpec,
+    dataset_dir: str | os.PathLike,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    check: str = "header",
+    splits: Sequence[str] = ("train", "validation"),
+) -> dict[str, list[dict]]:
+    """Datalists of ``task`` with every listed file validated before any engine starts.
+
+    Args:
+        task: task name.
+        dataset_dir: dataset folder (see :func:`onenet_med.data.get_datalists`).
+        val_fraction: fraction of cases held out for validation (split by case / patient).
+        seed: split seed.
+        check: ``"header"`` (shapes, channels, affines from file headers: fast), ``"full"`` (also label values,
+            NaN/inf: reads every voxel) or ``"none"``.
+        splits: the splits to validate.
+
+    Raises:
+        FileNotFoundError: dataset folder, dataset.json or listed files missing.
+        onenet_med.data.DataValidationError: every problem found, each naming its file.
+    """
+    if not os.path.exists(dataset_dir):
+        raise FileNotFoundError(
+            f"dataset_dir {os.fspath(dataset_dir)!r} does not exist: download or prepare the data "
+            "(see the bundle's docs/README.md) or pass --dataset_dir PATH"
+        )
+    lists = get_datalists(task, dataset_dir, val_fraction=val_fraction, seed=seed)
+    if check != "none":
+        for split in splits:
+            for warning in validate_datalist(task, lists[split], level=check):
+                logger.warning(str(warning))
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in lists.items())
+    logger.info(f"task {get_task(task).name}: {sizes} items from {dataset_dir}")
+    return lists
+
+
+def get_inferer(task: str | TaskSpec, sw_batch_size: int = 32, **kwargs: Any) -> Inferer:
+    """The inferer that turns a validation / inference item into logits of the same spatial size.
+
+    Volumes (MSD tasks): :class:`monai.inferers.SliceInferer` over the axial axis (the last one after RAS
+    orientation), whole slices (``roi_size`` -1 = the slice's size), ``sw_batch_size`` slices per forward pass.
+    Natural images: :class:`monai.inferers.SimpleInferer`.
+    """
+    if get_task(task).is_volume:
+        return SliceInferer(roi_size=(-1, -1), sw_batch_size=sw_batch_size, spatial_dim=2, progress=False, **kwargs)
+    return SimpleInferer()
