@@ -18,7 +18,17 @@ from monai.inferers import Inferer, SimpleInferer, SliceInferer
 from onenet_med.data import get_datalists, get_task, validate_datalist
 from onenet_med.data.tasks import TaskSpec
 
-__all__ = ["bundle_root", "data_dir", "default_device", "get_inferer", "prepare_datalists", "repo_root"]
+__all__ = [
+    "bundle_root",
+    "bundle_task",
+    "default_dataset_dir",
+    "default_device",
+    "get_inferer",
+    "inference_datalist",
+    "inference_postprocessing",
+    "prepare_datalists",
+    "repo_root",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +47,21 @@ def bundle_root(name: str) -> str:
     return str(candidate) if candidate.is_dir() else os.getcwd()
 
 
-def data_dir(name: str) -> str:
-    """Default ``dataset_dir``: ``<checkout>/data/<name>`` in a source checkout, else ``./data/<name>``."""
+def bundle_task(bundle_name: str) -> str:
+    """The task a bundle trains by default: its metadata ``name`` without the ``onenet_`` prefix
+    (``onenet_heart`` -> ``heart``). The shared configs read the task from here; ``--task`` overrides it."""
+    task = bundle_name.removeprefix("onenet_")
+    get_task(task)  # unknown -> KeyError listing the known tasks
+    return task
+
+
+def default_dataset_dir(task: str | TaskSpec) -> str:
+    """Default ``dataset_dir``: ``<checkout>/data/<folder>`` in a source checkout, else ``./data/<folder>``,
+    where the folder is the task's (``Task02_Heart``, ``VOCdevkit/VOC2012``, ``oxford-iiit-pet``)."""
+    spec = get_task(task)
+    folder = spec.dataset_folder or spec.msd_task or spec.name
     root = repo_root()
-    return str(root / "data" / name) if (root / "bundles").is_dir() else os.path.join("data", name)
+    return str(root / "data" / folder) if (root / "bundles").is_dir() else os.path.join("data", folder)
 
 
 def default_device() -> torch.device:
@@ -98,3 +119,73 @@ def get_inferer(task: str | TaskSpec, sw_batch_size: int = 32, **kwargs: Any) ->
     if get_task(task).is_volume:
         return SliceInferer(roi_size=(-1, -1), sw_batch_size=sw_batch_size, spatial_dim=2, progress=False, **kwargs)
     return SimpleInferer()
+
+
+def inference_datalist(
+    task: str | TaskSpec, dataset_dir: str | os.PathLike | None = None, input_files: Sequence[str] | None = None
+) -> list[dict]:
+    """Items to predict: ``input_files`` when given (files or folders of images), else the dataset's test split.
+
+    Every file is checked (exists, readable, right channel count) before inference starts; problems raise
+    :class:`onenet_med.data.DataValidationError` naming the files.
+    """
+    spec = get_task(task)
+    if input_files:
+        items = [{"image": str(path)} for path in _expand_inputs(input_files, spec)]
+    else:
+        if dataset_dir is None or not os.path.exists(dataset_dir):
+            raise FileNotFoundError(f"no input_files given and dataset_dir {dataset_dir!r} does not exist")
+        items = get_datalists(task, dataset_dir)["test"]
+        items = [{"image": item["image"]} for item in items]
+    if not items:
+        raise ValueError(f"nothing to predict: no images in {input_files or dataset_dir}")
+    validate_datalist(task, items, level="header")
+    return items
+
+
+_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
+
+
+def _expand_inputs(inputs: Sequence[str], spec: TaskSpec) -> list[str]:
+    files: list[str] = []
+    for entry in [inputs] if isinstance(inputs, str) else inputs:
+        path = Path(entry)
+        if path.is_dir():
+            files += sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(_IMAGE_SUFFIXES))
+        else:
+            files.append(str(path))
+    return files
+
+
+def inference_postprocessing(
+    task: str | TaskSpec, preprocessing: Any, output_dir: str | os.PathLike, output_postfix: str = "seg"
+) -> Any:
+    """Logits -> label map in the input's geometry, saved as uint8 (NIfTI for volumes, PNG for natural images).
+
+    Softmax, then :class:`monai.transforms.Invertd` undoes the preprocessing (orientation, resize, padding) on
+    the probabilities (bilinear), then argmax; the file is written atomically next to nothing half-done.
+    """
+    import numpy as np
+    from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, SaveImaged
+
+    from onenet_med.inference.writers import AtomicNibabelWriter, AtomicPILWriter
+
+    volume = get_task(task).is_volume
+    return Compose(
+        [
+            Activationsd("pred", softmax=True),
+            Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True),
+            AsDiscreted("pred", argmax=True),
+            SaveImaged(
+                "pred",
+                output_dir=os.fspath(output_dir),
+                output_postfix=output_postfix,
+                output_ext=".nii.gz" if volume else ".png",
+                output_dtype=np.uint8,
+                resample=False,
+                separate_folder=False,
+                print_log=False,
+                writer=AtomicNibabelWriter if volume else AtomicPILWriter,
+            ),
+        ]
+    )
