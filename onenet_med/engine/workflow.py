@@ -138,7 +138,8 @@ def inference_datalist(
         items = get_datalists(task, dataset_dir)["test"]
         items = [{"image": item["image"]} for item in items]
     if not items:
-        raise ValueError(f"nothing to predict: no images in {input_files or dataset_dir}")
+        hint = "" if input_files else " (the dataset has no test list: pass --input_files)"
+        raise ValueError(f"nothing to predict: no images in {input_files or dataset_dir}{hint}")
     validate_datalist(task, items, level="header")
     return items
 
