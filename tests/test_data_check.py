@@ -205,3 +205,8 @@ def test_pets_problem_cases(tmp_path):
     (pets / "annotations" / "list.txt").write_text("Abyssinian_1 99 1 1\n")
     report = check_dataset(tmp_path)
     assert not report.ok and "class id 99 outside 1..37" in report.problems[0].message
+
+
+def test_data_command_without_action_prints_help(capsys):
+    assert main(["data"]) == 2
+    assert "check" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from onenet_med.data import get_datalists, get_dataset, get_transforms
+from onenet_med.data.datasets import MmapPersistentDataset
 from tests.data_trees import make_msd_task
 
 
@@ -15,11 +16,11 @@ def lists(tmp_path):
     return get_datalists("heart", tmp_path, val_fraction=0.34)
 
 
-@pytest.mark.parametrize("cache,cls", [("memory", CacheDataset), ("disk", PersistentDataset), ("none", Dataset)])
+@pytest.mark.parametrize("cache,cls", [("memory", CacheDataset), ("disk", MmapPersistentDataset), ("none", Dataset)])
 def test_cache_modes_give_the_same_items(tmp_path, lists, cache, cls):
     t = get_transforms("heart", "validate")
     ds = get_dataset(lists["train"], t, cache=cache, cache_dir=tmp_path / "cache")
-    assert type(ds) is cls and len(ds) == 2
+    assert type(ds) is cls and len(ds) == 2 and isinstance(ds, (CacheDataset, PersistentDataset, Dataset))
     ref = t(lists["train"][1])
     assert torch.equal(ds[1]["image"], ref["image"]) and torch.equal(ds[1]["label"], ref["label"])
     assert ds[1]["label"].dtype == torch.int64
@@ -30,7 +31,7 @@ def test_partial_memory_cache(lists):
     assert ds.cache_num == 1 and ds[1]["image"].shape == (1, 32, 32, 6)
 
 
-def test_disk_cache_is_reused_and_keyed_by_transform(tmp_path, lists):
+def test_disk_cache_is_reused_and_keyed_by_transform(tmp_path, lists, monkeypatch):
     cache = tmp_path / "cache"
     t = get_transforms("heart", "train", num_samples=2)
     ds = get_dataset(lists["train"], t, cache="disk", cache_dir=cache)
@@ -40,6 +41,18 @@ def test_disk_cache_is_reused_and_keyed_by_transform(tmp_path, lists):
     assert len(files) == 2
     cached = torch.load(cache / files[0], weights_only=False)
     assert cached["label"].dtype == torch.uint8 and "label_fg_slices" in cached  # uint8 labels on disk
+    assert cached["image"].shape == (1, 6, 12, 12)  # slice-major (C, D, H, W)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("mmap"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    hit = ds[0]
+    assert calls == [True] and len(hit) == 2 and hit[0]["image"].shape == (1, 32, 32)  # cache hit memory-mapped
+    monkeypatch.setattr(torch, "load", real_load)
     again = get_dataset(lists["train"], get_transforms("heart", "train", num_samples=2), cache="disk", cache_dir=cache)
     again[0], again[1]
     assert sorted(p.name for p in cache.iterdir()) == files  # same chain: same files

@@ -184,7 +184,10 @@ def test_cache_stops_at_first_random_step_and_is_not_mutated(tmp_path):
     ds = get_dataset(lists["train"], get_transforms("heart", "train", num_samples=4), cache="memory")
     assert ds.copy_cache is False  # RandSliceByPosNegd copies the slices it returns
     cached = ds._cache[0]
-    assert cached["image"].shape == (1, 20, 24, 12) and cached["label"].dtype == torch.uint8
+    assert cached["image"].shape == (1, 12, 20, 24) and cached["label"].dtype == torch.uint8  # slice-major
+    vol = get_transforms("heart", "validate")(lists["train"][0])
+    assert torch.equal(cached["image"][:, 5], vol["image"][:, :20, :24, 5].as_tensor())
+    assert torch.equal(cached["label"][:, 3].long(), vol["label"][:, :20, :24, 3].as_tensor())
     assert cached["label_fg_slices"].tolist() == [k in (3, 4) for k in range(12)]
     before = cached["image"].clone()
     for _ in range(10):

@@ -5,7 +5,7 @@ Volumes (MSD tasks and the demo)::
     LoadImaged -> EnsureChannelFirstd -> Orientationd("RAS") [-> CropForegroundd (Brain)]
       -> normalise (MRI: z-score over non-zero voxels per channel; CT: clip a HU window, scale to [0, 1])
       [-> Resized in-plane when a spatial_size is given] -> label as uint8
-    train:    -> SliceForegroundd (per-slice foreground flags, cached with the volume)
+    train:    -> SliceForegroundd (per-slice foreground flags) -> SliceMajord ((C, D, H, W), cached)
               -> RandSliceByPosNegd (axial slices, positive/negative balanced; first random step)
               -> pad in-plane at the end (SpatialPadd min size, DivisiblePadd k) -> flips, intensity scale/shift
               -> image (C, H, W) float32, label (1, H, W) int64
@@ -58,6 +58,7 @@ __all__ = [
     "MODES",
     "RandSliceByPosNegd",
     "SliceForegroundd",
+    "SliceMajord",
     "get_transforms",
     "label_to_int64",
     "resolve_spatial_size",
@@ -90,12 +91,27 @@ class SliceForegroundd(MapTransform):
         return d
 
 
-def _fg_slices(label, ignore_index: int | None) -> torch.Tensor:
-    lab = torch.as_tensor(label)
+def _fg_slices(label, ignore_index: int | None, axis: int = -1) -> torch.Tensor:
+    lab = torch.as_tensor(label).movedim(axis, -1)
     fg = lab > 0
     if ignore_index is not None:
         fg &= lab != ignore_index
     return fg.reshape(-1, lab.shape[-1]).any(0).cpu()
+
+
+class SliceMajord(MapTransform):
+    """Store volumes slice-major: (C, H, W, D) -> contiguous (C, D, H, W) plain tensors (train cache only).
+
+    One axial slice is then one contiguous block: copying it is ~30x faster than gathering every D-th value,
+    and a memory-mapped disk cache reads only the pages of the slices drawn (see ``get_dataset``).
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            vol = d[key].as_tensor() if isinstance(d[key], MetaTensor) else torch.as_tensor(d[key])
+            d[key] = vol.movedim(-1, 1).contiguous()
+        return d
 
 
 class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
@@ -115,6 +131,7 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
         pos: weight of positive slices.
         neg: weight of negative slices.
         ignore_index: label value that is not foreground, or ``None``.
+        slice_major: volumes are (C, D, H, W) (from :class:`SliceMajord`) instead of (C, H, W, D).
     """
 
     backend = [torch.Tensor]
@@ -127,9 +144,11 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
         pos: float = 1.0,
         neg: float = 1.0,
         ignore_index: int | None = None,
+        slice_major: bool = False,
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
+        self.slice_major = slice_major
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         if pos < 0 or neg < 0 or pos + neg == 0:
@@ -155,14 +174,14 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
         fg_key = f"{self.label_key}_fg_slices"
         fg = d.pop(fg_key, None)
         if fg is None:
-            fg = _fg_slices(d[self.label_key], self.ignore_index)
+            fg = _fg_slices(d[self.label_key], self.ignore_index, axis=1 if self.slice_major else -1)
         self.randomize(np.asarray(torch.as_tensor(fg).cpu().numpy(), dtype=bool))
         samples = []
         for z in self._indices:
             sample = dict(d)
             for key in self.key_iterator(d):
                 vol = d[key].as_tensor() if isinstance(d[key], MetaTensor) else torch.as_tensor(d[key])
-                sample[key] = vol[..., z].clone()
+                sample[key] = (vol[:, z] if self.slice_major else vol[..., z]).clone()
             sample["slice_index"] = z
             samples.append(sample)
         return samples
@@ -328,9 +347,16 @@ def _volume_chain(
         t.append(label_to_int64)
         return Compose(t)
     t.append(SliceForegroundd(label_key, ignore_index=spec.ignore_index))
+    t.append(SliceMajord(keys))
     t.append(
         RandSliceByPosNegd(
-            keys, label_key=label_key, num_samples=num_samples, pos=pos, neg=neg, ignore_index=spec.ignore_index
+            keys,
+            label_key=label_key,
+            num_samples=num_samples,
+            pos=pos,
+            neg=neg,
+            ignore_index=spec.ignore_index,
+            slice_major=True,
         )
     )
     t += _pad(
