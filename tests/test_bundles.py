@@ -102,8 +102,10 @@ def test_train_evaluate_infer(bundle, tmp_path):
     """Train one epoch, evaluate the best checkpoint, predict the test items: every property present."""
     dataset_dir = make_dataset(bundle, tmp_path / "data")
     spec = get_task(bundle.removeprefix("onenet_"))
+    # VOC publishes no test list: predict given files, as a user would
+    inputs = sorted(str(p) for p in (dataset_dir / "JPEGImages").iterdir())[:2] if spec.kind == "voc" else None
     for kind in ("train", "eval", "infer"):
-        wf = workflow(bundle, kind, tmp_path, dataset_dir)
+        wf = workflow(bundle, kind, tmp_path, dataset_dir, **({"input_files": inputs} if kind == "infer" else {}))
         wf.initialize()
         assert wf.check_properties() == [], kind
 
@@ -131,8 +133,6 @@ def test_train_evaluate_infer(bundle, tmp_path):
     if spec.is_volume:
         assert isinstance(metrics["volume_dice"], float)
 
-    # VOC publishes no test list: predict given files, as a user would
-    inputs = sorted(str(p) for p in (dataset_dir / "JPEGImages").iterdir())[:2] if spec.kind == "voc" else None
     run(workflow(bundle, "infer", tmp_path, dataset_dir, input_files=inputs))
     outputs = sorted((tmp_path / "bundle" / "output" / "predictions").iterdir())
     assert outputs and not [p for p in outputs if p.name.startswith(".")]  # no temporary leftovers
