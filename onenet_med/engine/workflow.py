@@ -78,6 +78,7 @@ def prepare_datalists(
     seed: int = 0,
     check: str = "header",
     splits: Sequence[str] = ("train", "validation"),
+    num_workers: int = 1,
 ) -> dict[str, list[dict]]:
     """Datalists of ``task`` with every listed file validated before any engine starts.
 
@@ -89,6 +90,7 @@ def prepare_datalists(
         check: ``"header"`` (shapes, channels, affines from file headers: fast), ``"full"`` (also label values,
             NaN/inf: reads every voxel) or ``"none"``.
         splits: the splits to validate.
+        num_workers: threads reading files for the check.
 
     Raises:
         FileNotFoundError: dataset folder, dataset.json or listed files missing.
@@ -102,7 +104,7 @@ def prepare_datalists(
     lists = get_datalists(task, dataset_dir, val_fraction=val_fraction, seed=seed)
     if check != "none":
         for split in splits:
-            for warning in validate_datalist(task, lists[split], level=check):
+            for warning in validate_datalist(task, lists[split], level=check, num_workers=max(1, num_workers)):
                 logger.warning(str(warning))
     sizes = ", ".join(f"{k} {len(v)}" for k, v in lists.items())
     logger.info(f"task {get_task(task).name}: {sizes} items from {dataset_dir}")
