@@ -87,6 +87,18 @@ def test_bad_arguments_raise_value_error(_, build, allowed):
     assert allowed in str(err.value)
 
 
+@parameterized.expand([("onenet_ed4",), ("onenet_e4_s",), ("unet4",), ("basicunet",), ("resnet34_unet",)])
+def test_wrong_input_raises_clear_error(name):
+    net = small_network(name, 3, 2).eval()
+    with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+        net(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) batch of 2D images.*slice by slice"):
+        net(torch.randn(1, 3, 32, 32, 8))
+    scripted = torch.jit.script(net)
+    with pytest.raises(Exception, match="expected 3 input channels"):
+        scripted(torch.randn(1, 1, 32, 32))
+
+
 def test_unknown_name_lists_all_choices():
     with pytest.raises(ValueError) as err:
         get_network("nnunet", 1, 2)

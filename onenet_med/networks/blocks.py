@@ -31,6 +31,7 @@ __all__ = [
     "UNetDownBlock",
     "UNetUpBlock",
     "conv_block_2d",
+    "check_input",
     "pad_to_multiple",
 ]
 
@@ -42,6 +43,17 @@ ADN_ORDERINGS = ("AN", "NA")
 def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_input(x: torch.Tensor, in_channels: int) -> None:
+    """Raise a ValueError unless ``x`` is a ``(B, in_channels, H, W)`` batch of 2D images."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"expected a (B, C, H, W) batch of 2D images, got a tensor of shape {list(x.shape)}; "
+            "run volumes slice by slice"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(f"expected {in_channels} input channels, got {x.shape[1]} (input shape {list(x.shape)})")
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
