@@ -4,8 +4,8 @@ OneNet's "channel-wise 1D convolution" (the paper's Conv1d with kernel = stride 
 flattened channel-last to ``(B, 1, H*W*C)``) is mathematically a per-pixel dense layer, so
 :class:`ChannelDense` runs it as a 1x1 convolution on channels-last activations (one GEMM, no reshapes).
 The "spatial" layer (a Conv1d(1, 1, k) over the same flattened sequence) is run by
-:class:`SpatialConv1d` as a small block-Toeplitz convolution, about 60x faster on CPU than the literal
-``nn.Conv1d`` over a 4-million-element sequence. ``tests/test_networks.py`` proves both equal the literal
+:class:`SpatialConv1d` as a small block-Toeplitz convolution, about 25x faster on one CPU thread than the
+literal ``nn.Conv1d`` (4.8 ms instead of 129 ms on a 64x256x256 input). ``tests/test_networks.py`` proves both equal the literal
 forms numerically.
 
 All blocks take and return channel-first ``(B, C, H, W)`` tensors; they are fastest when the input is in
@@ -193,7 +193,11 @@ class SpatialConv1d(nn.Module):
             # the block convolution zero-pads the sequence ends; redo the first and last r outputs with reflection
             head = F.conv1d(F.pad(seq.narrow(2, 0, 2 * r), [r, 0], mode="reflect"), self.weight, self.bias)
             tail = F.conv1d(F.pad(seq.narrow(2, n - 2 * r, 2 * r), [0, r], mode="reflect"), self.weight, self.bias)
-            y = torch.cat([head, y.narrow(2, r, n - 2 * r), tail], dim=2)
+            if torch.jit.is_tracing():  # the TorchScript-based ONNX exporter drops in-place writes to views
+                y = torch.cat([head, y.narrow(2, r, n - 2 * r), tail], dim=2)
+            else:
+                y.narrow(2, 0, r).copy_(head)
+                y.narrow(2, n - r, r).copy_(tail)
         else:
             y = F.conv1d(F.pad(seq, [r, r], mode="reflect") if r > 0 else seq, self.weight, self.bias)
         return self.act(y.reshape(b, h, w, c).permute(0, 3, 1, 2))
