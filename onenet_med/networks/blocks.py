@@ -53,7 +53,7 @@ def check_input(x: torch.Tensor, in_channels: int) -> None:
             f"expected a (B, C, H, W) batch of 2D images, got a tensor of shape {list(x.shape)}; "
             "run volumes slice by slice"
         )
-    if x.shape[1] != in_channels:
+    if not torch.jit.is_tracing() and x.shape[1] != in_channels:  # traced sizes are tensors: no check there
         raise ValueError(f"expected {in_channels} input channels, got {x.shape[1]} (input shape {list(x.shape)})")
 
 
