@@ -19,6 +19,7 @@ from onenet_med.networks import (
     get_network,
     list_networks,
 )
+from onenet_med.networks.blocks import pixel_unshuffle_cl
 
 ONENET_NAMES = [f"onenet_{v}{lv}{s}" for v in ("e", "ed") for lv in (4, 5) for s in ("", "_s")]
 BASELINE_NAMES = ["unet4", "unet5", "mobilenet_unet4", "resnet34_unet", "resnet50_unet", "basicunet"]
@@ -85,6 +86,18 @@ def test_bad_arguments_raise_value_error(_, build, allowed):
     with pytest.raises(ValueError, match="must|choose") as err:
         build()
     assert allowed in str(err.value)
+
+
+@parameterized.expand([("onenet_ed4",), ("onenet_e4_s",), ("unet4",), ("basicunet",), ("resnet34_unet",)])
+def test_wrong_input_raises_clear_error(name):
+    net = small_network(name, 3, 2).eval()
+    with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+        net(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) batch of 2D images.*slice by slice"):
+        net(torch.randn(1, 3, 32, 32, 8))
+    scripted = torch.jit.script(net)
+    with pytest.raises(Exception, match="expected 3 input channels"):
+        scripted(torch.randn(1, 1, 32, 32))
 
 
 def test_unknown_name_lists_all_choices():
@@ -252,6 +265,15 @@ def test_spatial_block_uses_authors_unshuffle_order():
     expected = literal_spatial_conv(u, block.spatial.weight, block.spatial.bias)
     torch.testing.assert_close(block.spatial(u.clone()), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(block(x), block.refine(block.reduce(expected)), rtol=1e-4, atol=1e-5)
+
+
+@parameterized.expand([((1, 3, 4, 6),), ((2, 8, 10, 2),), ((1, 64, 16, 8),)])
+def test_pixel_unshuffle_cl_equals_torch(shape):
+    x = torch.randn(*shape)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        y = pixel_unshuffle_cl(x.contiguous(memory_format=memory_format))
+        assert torch.equal(y, F.pixel_unshuffle(x, 2))
+        assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 @parameterized.expand([("AN", ["A", "N"]), ("NA", ["N", "A"])])

@@ -4,9 +4,9 @@ OneNet's "channel-wise 1D convolution" (the paper's Conv1d with kernel = stride 
 flattened channel-last to ``(B, 1, H*W*C)``) is mathematically a per-pixel dense layer, so
 :class:`ChannelDense` runs it as a 1x1 convolution on channels-last activations (one GEMM, no reshapes).
 The "spatial" layer (a Conv1d(1, 1, k) over the same flattened sequence) is run by
-:class:`SpatialConv1d` as a small block-Toeplitz convolution, about 60x faster on CPU than the literal
-``nn.Conv1d`` over a 4-million-element sequence. ``tests/test_networks.py`` proves both equal the literal
-forms numerically.
+:class:`SpatialConv1d` as a small block-Toeplitz convolution, about 25x faster on one CPU thread than the
+literal ``nn.Conv1d`` (4.8 ms instead of 129 ms on a 64x256x256 input). ``tests/test_networks.py`` proves
+both equal the literal forms numerically.
 
 All blocks take and return channel-first ``(B, C, H, W)`` tensors; they are fastest when the input is in
 ``torch.channels_last`` memory format (the networks convert their input once).
@@ -31,7 +31,9 @@ __all__ = [
     "UNetDownBlock",
     "UNetUpBlock",
     "conv_block_2d",
+    "check_input",
     "pad_to_multiple",
+    "pixel_unshuffle_cl",
 ]
 
 #: orderings of activation (A) and normalisation (N) after each channel-wise layer: the authors' code uses
@@ -42,6 +44,17 @@ ADN_ORDERINGS = ("AN", "NA")
 def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_input(x: torch.Tensor, in_channels: int) -> None:
+    """Raise a ValueError unless ``x`` is a ``(B, in_channels, H, W)`` batch of 2D images."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"expected a (B, C, H, W) batch of 2D images, got a tensor of shape {list(x.shape)}; "
+            "run volumes slice by slice"
+        )
+    if not torch.jit.is_tracing() and x.shape[1] != in_channels:  # traced sizes are tensors: no check there
+        raise ValueError(f"expected {in_channels} input channels, got {x.shape[1]} (input shape {list(x.shape)})")
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -55,6 +68,19 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(
         x, [0, (w + multiple - 1) // multiple * multiple - w, 0, (h + multiple - 1) // multiple * multiple - h]
     )
+
+
+def pixel_unshuffle_cl(x: torch.Tensor) -> torch.Tensor:
+    """``F.pixel_unshuffle(x, 2)`` (channel ``c * 4 + dy * 2 + dx``), about 2x faster for channels-last input.
+
+    Two cache-friendly copies instead of one strided gather: first the 2x2 sub-pixels of each output pixel
+    are brought together (whole C-channel runs), then each pixel's ``(4, C)`` block is transposed. Returns a
+    channels-last ``(B, 4C, H/2, W/2)`` tensor.
+    """
+    b, c, h, w = x.shape
+    x = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).contiguous()
+    x = x.view(b, h // 2, w // 2, 4, c).transpose(3, 4).contiguous()
+    return x.view(b, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)
 
 
 class ChannelDense(nn.Module):
@@ -181,7 +207,11 @@ class SpatialConv1d(nn.Module):
             # the block convolution zero-pads the sequence ends; redo the first and last r outputs with reflection
             head = F.conv1d(F.pad(seq.narrow(2, 0, 2 * r), [r, 0], mode="reflect"), self.weight, self.bias)
             tail = F.conv1d(F.pad(seq.narrow(2, n - 2 * r, 2 * r), [0, r], mode="reflect"), self.weight, self.bias)
-            y = torch.cat([head, y.narrow(2, r, n - 2 * r), tail], dim=2)
+            if torch.jit.is_tracing():  # the TorchScript-based ONNX exporter drops in-place writes to views
+                y = torch.cat([head, y.narrow(2, r, n - 2 * r), tail], dim=2)
+            else:
+                y.narrow(2, 0, r).copy_(head)
+                y.narrow(2, n - r, r).copy_(tail)
         else:
             y = F.conv1d(F.pad(seq, [r, r], mode="reflect") if r > 0 else seq, self.weight, self.bias)
         return self.act(y.reshape(b, h, w, c).permute(0, 3, 1, 2))
@@ -223,7 +253,7 @@ class OneNetDownBlock(nn.Module):
             weight = weight.view(weight.shape[0], weight.shape[1] // 4, 2, 2)
             x = self.reduce.adn(F.conv2d(x, weight, self.reduce.conv.bias, stride=2))
         else:
-            x = self.reduce(self.spatial(F.pixel_unshuffle(x, 2)))
+            x = self.reduce(self.spatial(pixel_unshuffle_cl(x)))
         return self.refine(x)
 
 

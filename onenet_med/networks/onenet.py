@@ -34,6 +34,7 @@ from onenet_med.networks.blocks import (
     OneNetDownBlock,
     OneNetUpBlock,
     UNetUpBlock,
+    check_input,
     conv_block_2d,
     pad_to_multiple,
 )
@@ -191,6 +192,7 @@ class OneNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
 
         self.variant = variant
+        self.in_channels = in_channels
         self.levels = levels
         self.multiple = 2**levels
         kw = {"act": act, "norm": norm, "dropout": dropout, "adn_ordering": adn_ordering}
@@ -208,6 +210,7 @@ class OneNet(nn.Module):
             self.decoder = OneNetEDecoder(widths, out_channels, act=act, norm=norm, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels)
         h = x.shape[2]
         w = x.shape[3]
         x = pad_to_multiple(x, self.multiple).contiguous(memory_format=torch.channels_last)

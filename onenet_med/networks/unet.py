@@ -23,7 +23,7 @@ from monai.networks.nets import BasicUNet, FlexibleUNet
 from monai.networks.nets.resnet import ResNet, ResNetEncoder, get_inplanes, resnet_params
 from torch import nn
 
-from onenet_med.networks.blocks import UNetDownBlock, UNetUpBlock, conv_block_2d, pad_to_multiple
+from onenet_med.networks.blocks import UNetDownBlock, UNetUpBlock, check_input, conv_block_2d, pad_to_multiple
 from onenet_med.networks.onenet import check_common_args
 
 __all__ = ["UNet", "ResNetUNet", "PaddedNet", "basic_unet", "RESNET_BACKBONES"]
@@ -64,6 +64,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         check_common_args(spatial_dims, in_channels, out_channels, levels, features)
+        self.in_channels = in_channels
         self.multiple = 2**levels
         widths = [features * 2**i for i in range(levels + 1)]
         kw = {"act": act, "norm": norm, "dropout": dropout, "bias": False, "separable": separable}
@@ -78,6 +79,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(features, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels)
         h = x.shape[2]
         w = x.shape[3]
         x = pad_to_multiple(x, self.multiple).contiguous(memory_format=torch.channels_last)
@@ -99,12 +101,14 @@ class PaddedNet(nn.Module):
         ``(B, C, H, W) -> (B, C_out, H, W)``.
     """
 
-    def __init__(self, net: nn.Module, multiple: int) -> None:
+    def __init__(self, net: nn.Module, multiple: int, in_channels: int) -> None:
         super().__init__()
         self.net = net
         self.multiple = multiple
+        self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels)
         h = x.shape[2]
         w = x.shape[3]
         x = pad_to_multiple(x, self.multiple).contiguous(memory_format=torch.channels_last)
@@ -162,10 +166,12 @@ class ResNetUNet(PaddedNet):
             in_channels, out_channels, backbone, pretrained=False, decoder_channels=decoder_channels, spatial_dims=2
         )
         net.encoder = _ResNetEncoderB(backbone, 2, in_channels)
-        super().__init__(net, 32)
+        super().__init__(net, 32, in_channels)
 
 
 def basic_unet(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, **kwargs) -> PaddedNet:
     """MONAI ``BasicUNet`` (its defaults: features (32, 32, 64, 128, 256, 32), instance norm, LeakyReLU), any H, W."""
     check_common_args(spatial_dims, in_channels, out_channels, 4, 1)
-    return PaddedNet(BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, **kwargs), 16)
+    return PaddedNet(
+        BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, **kwargs), 16, in_channels
+    )
