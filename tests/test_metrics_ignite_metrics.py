@@ -132,6 +132,27 @@ def test_monai_supervised_evaluator(decollate):
     assert [r["case"] for r in metric.per_case_rows()] == [f"case{i}.png" for i in range(5)]
 
 
+def test_key_metric_also_reports_everything_once():
+    """One keyed metric fills the key value under its name and every result key, from a single computation."""
+    k = 3
+    batches = [random_batch(seed, 2, k, (4, 3)) for seed in range(3)]
+    expected = segmentation_metrics(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]), k)
+    metric = SegmentationMetrics(k, key="miou")
+    calls = []
+    original = metric.results
+    metric.results = lambda: calls.append(1) or original()
+    engine = Engine(lambda e, b: b)
+    metric.attach(engine, "val_key")
+    state = engine.run(batches)
+    assert len(calls) == 1
+    assert state.metrics["val_key"] == pytest.approx(expected["miou"])
+    assert_results_equal({key: state.metrics[key] for key in expected}, expected)
+    clash = Engine(lambda e, b: b)
+    SegmentationMetrics(k, key="dice").attach(clash, "dice")
+    with pytest.raises(ValueError, match="collides"):
+        clash.run(batches)
+
+
 def _ddp_worker(local_rank: int, k: int) -> None:
     rank, world = idist.get_rank(), idist.get_world_size()
     batches = [random_batch(seed, 1 + seed % 3, k, (4, 3)) for seed in range(5)]

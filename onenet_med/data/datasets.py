@@ -46,7 +46,7 @@ def get_datalists(
 
 
 def get_dataset(
-    datalist: Sequence[dict],
+    data: Sequence[dict],
     transform: Callable,
     cache: str = "memory",
     cache_dir: str | os.PathLike | None = None,
@@ -54,10 +54,11 @@ def get_dataset(
     num_workers: int = 0,
     copy_cache: bool | None = None,
 ) -> Dataset:
-    """A MONAI dataset over ``datalist`` that caches the deterministic part of ``transform``.
+    """A MONAI dataset over ``data`` that caches the deterministic part of ``transform``.
 
     Args:
-        datalist: data dicts (from :func:`get_datalists`).
+        data: data dicts (from :func:`get_datalists`); named like MONAI's ``Dataset(data=...)`` so that bundle
+            configs expose the ``train#dataset#data`` id.
         transform: the chain (from :func:`~onenet_med.data.transforms.get_transforms`).
         cache: ``"memory"`` -> CacheDataset (``cache_rate`` of the items in RAM); ``"disk"`` ->
             :class:`MmapPersistentDataset` under ``cache_dir`` (the cache key includes the transform, so
@@ -74,7 +75,7 @@ def get_dataset(
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}.")
-    data = list(datalist)
+    data = list(data)
     if cache == "none":
         return Dataset(data, transform)
     if cache == "disk":

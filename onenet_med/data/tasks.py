@@ -43,6 +43,10 @@ class TaskSpec:
             (PersistentDataset).
         ignore_index: label value that losses and metrics ignore, or ``None`` when every pixel is labelled.
         description: one line for humans (docs, ``data check`` output).
+        network: default network (registry name) of the task's bundle: ``onenet_ed4`` where local features
+            decide (MSD, demo), ``onenet_e4`` where image-wide context matters (VOC, Pets).
+        batch_size: default training batch size of the task's bundle (paper: 32 or 64 on a 24 GB GPU).
+        dataset_folder: default dataset folder under ``data/`` (bundles' ``dataset_dir``).
     """
 
     name: str
@@ -62,6 +66,9 @@ class TaskSpec:
     cache: str = "memory"
     ignore_index: int | None = None
     description: str = ""
+    network: str = "onenet_ed4"
+    batch_size: int = 32
+    dataset_folder: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("msd", "voc", "pets", "demo"):
@@ -167,6 +174,7 @@ register_task(
         spatial_size=None,  # 512x512 native: tumours are a few mm, halving the resolution loses them
         ct_window=(-1000.0, 500.0),
         cache="disk",
+        batch_size=16,
         description="MSD Task06 Lung: CT, lung tumour (63 labelled volumes, 512x512x~250).",
     )
 )
@@ -189,6 +197,7 @@ register_task(
 register_task(
     TaskSpec(
         name="voc",
+        network="onenet_e4",
         kind="voc",
         in_channels=3,
         num_classes=21,
@@ -198,12 +207,14 @@ register_task(
         spatial_size=256,
         cache="memory",
         ignore_index=IGNORE_INDEX,
+        dataset_folder="VOCdevkit/VOC2012",
         description="PASCAL VOC 2012 segmentation: 20 object classes + background, 255 = void (ignored).",
     )
 )
 register_task(
     TaskSpec(
         name="pets",
+        network="onenet_e4",
         kind="pets",
         in_channels=3,
         num_classes=3,
@@ -212,12 +223,14 @@ register_task(
         channel_names=_RGB,
         spatial_size=256,
         cache="memory",
+        dataset_folder="oxford-iiit-pet",
         description="Oxford-IIIT Pet trimaps: background, pet, border.",
     )
 )
 register_task(
     TaskSpec(
         name="petf",
+        network="onenet_e4",
         kind="pets",
         in_channels=3,
         num_classes=38,
@@ -226,6 +239,7 @@ register_task(
         channel_names=_RGB,
         spatial_size=256,
         cache="memory",
+        dataset_folder="oxford-iiit-pet",
         description="Oxford-IIIT Pet breeds: background + 37 breeds (pet and border pixels take the breed).",
     )
 )

@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,9 @@ __all__ = ["atomic_path", "atomic_torch_save", "atomic_write_text"]
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on normal exit it replaces ``path`` atomically.
+
+    The temporary name is hidden (leading dot) and keeps the file's extension (``.nii.gz``, ``.png``), so that
+    writers which pick the format from the extension (nibabel, PIL, SimpleITK) write the right format.
 
     The parent folder is created when missing. On an exception inside the block the temporary file is removed and
     the exception propagates; ``path`` keeps its previous content.
@@ -33,7 +37,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    name = os.path.basename(path)
+    ext = "".join(Path(name).suffixes[-2:]) if name.lower().endswith(".gz") else Path(name).suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".partial{ext}", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results and checkpoints are meant to be shared
     try:

@@ -19,10 +19,11 @@ from onenet_med.metrics.functional import (
     volume_dice,
 )
 from onenet_med.metrics.ignite_metrics import SegmentationMetrics, pred_label_transform
-from onenet_med.metrics.report import format_table, write_evaluation
+from onenet_med.metrics.report import EvaluationReport, format_table, write_evaluation
 
 __all__ = [
     "DEFINITIONS",
+    "EvaluationReport",
     "IGNORE_INDEX",
     "SegmentationMetrics",
     "average_precision",

@@ -8,13 +8,13 @@ metrics need the logits. The default ``output_transform`` is :func:`pred_label_t
 
 Example (bundle config)::
 
-    "key_val_metric": {"val_dice": {"_target_": "onenet_med.metrics.SegmentationMetrics",
-                                    "num_classes": "@num_classes", "key": "dice"}},
-    "additional_metrics": {"val": {"_target_": "onenet_med.metrics.SegmentationMetrics",
-                                   "num_classes": "@num_classes", "class_names": "@class_names"}}
+    "key_val_metric": {"val_mean_dice": {"_target_": "onenet_med.metrics.SegmentationMetrics",
+                                         "num_classes": "@num_classes", "class_names": "@class_names", "key": "dice"}}
 
-With ``key=None`` the metric returns the whole flat dict (``ce``, ``dice``, ``miou``, ``map50``, per-class keys, and
-``volume_dice*`` for volume inputs); Ignite then writes each key into ``engine.state.metrics``.
+At the end of an epoch every result (``ce``, ``dice``, ``miou``, ``map50``, per-class keys, and ``volume_dice*`` for
+volume inputs) is written into ``engine.state.metrics``, and with ``key`` the selected value also goes under the
+metric's own name (``val_mean_dice`` above): one metric object computes everything once. ``compute()`` returns the
+whole dict (``key=None``) or the selected float.
 
 Accumulated state is compact: per image TP/FP/FN and one detection score per foreground class, per item the two
 CE sums, and per case a name; no probability maps are kept. In DDP every rank's state is all-gathered in
@@ -30,6 +30,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
+from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 
@@ -95,11 +96,7 @@ class SegmentationMetrics(Metric):
         self.background_weight = float(background_weight)
         self.ignore_index = int(ignore_index)
         self.key = key
-        super().__init__(
-            output_transform=output_transform,
-            device=device,
-            metrics_result_mode="flatten" if key is None else "both",
-        )
+        super().__init__(output_transform=output_transform, device=device)
 
     def reset(self) -> None:
         self._counts: list[torch.Tensor] = []
@@ -157,11 +154,12 @@ class SegmentationMetrics(Metric):
         merged["slices"] = [n for p in parts for n in p["slices"]]
         return merged
 
-    def compute(self) -> dict[str, float] | float:
+    def results(self) -> dict[str, float]:
+        """Every result of the epoch as a flat dict (``ce``, ``dice``, ``miou``, ``map50``, per-class keys, ...)."""
         state = self._gathered()
         if state["counts"].shape[0] == 0:
             raise NotComputableError("SegmentationMetrics must have at least one example before it can be computed")
-        results = results_from_statistics(
+        return results_from_statistics(
             state["counts"],
             state["scores"],
             state["ce_sum"],
@@ -169,12 +167,29 @@ class SegmentationMetrics(Metric):
             state["volume_counts"],
             self.class_names,
         )
-        if self.key is None:
-            return results
+
+    def _select(self, results: Mapping[str, float]) -> float:
         if self.key not in results:
             hint = " (volume_dice needs (B, K, H, W, D) volume inputs)" if self.key.startswith("volume_dice") else ""
             raise KeyError(f"unknown metric key {self.key!r}{hint}; available: {sorted(results)}")
         return results[self.key]
+
+    def compute(self) -> dict[str, float] | float:
+        results = self.results()
+        return results if self.key is None else self._select(results)
+
+    def completed(self, engine: Engine, name: str) -> None:
+        """Write every result into ``engine.state.metrics`` and, with ``key``, the key value under ``name``.
+
+        One computation serves both the key metric (best-model selection) and the full report, so a bundle
+        needs a single ``SegmentationMetrics`` (the flattened keys must not collide with ``name``).
+        """
+        results = self.results()
+        if name in results:
+            raise ValueError(f"metric name {name!r} collides with a result key; pick another name")
+        engine.state.metrics.update(results)
+        if self.key is not None:
+            engine.state.metrics[name] = self._select(results)
 
     def per_case_rows(self) -> list[dict[str, Any]]:
         """One row per case for the per-case CSV, in the order seen (rank-major in DDP).

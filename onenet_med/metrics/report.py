@@ -13,7 +13,7 @@ from typing import Any
 from onenet_med.engine.atomic import atomic_write_text
 from onenet_med.metrics.functional import DEFINITIONS, class_keys
 
-__all__ = ["METRICS_JSON", "PER_CASE_CSV", "TABLE_MD", "format_table", "write_evaluation"]
+__all__ = ["METRICS_JSON", "PER_CASE_CSV", "TABLE_MD", "EvaluationReport", "format_table", "write_evaluation"]
 
 METRICS_JSON = "metrics.json"
 PER_CASE_CSV = "per_case.csv"
@@ -185,3 +185,53 @@ def write_evaluation(
     lines += [f"- **{key}**: {text}" for key, text in DEFINITIONS.items()]
     atomic_write_text(paths["markdown"], "\n".join(lines) + "\n")
     return paths
+
+
+class EvaluationReport:
+    """Ignite handler: when the evaluator completes, :func:`write_evaluation` from a :class:`SegmentationMetrics`.
+
+    Attach it to the evaluator that computes ``metric`` (e.g. the bundle's ``key_metric``); the files are
+    written by rank 0 only (every rank takes part in gathering the per-case rows in DDP).
+
+    Args:
+        output_dir: destination folder of ``metrics.json``, ``per_case.csv`` and ``metrics.md``.
+        metric: the metric object attached to the same evaluator.
+        model_name: method name shown in the table (e.g. the network registry name).
+        task: task name shown in the table.
+        extra: more JSON-able facts for ``metrics.json`` (checkpoint path, split, ...).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        metric: Any,
+        model_name: str = "model",
+        task: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.output_dir = output_dir
+        self.metric = metric
+        self.model_name = model_name
+        self.task = task
+        self.extra = dict(extra or {})
+        self.paths: dict[str, str] = {}
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        import ignite.distributed as idist
+
+        rows = self.metric.per_case_rows()
+        if idist.get_rank() == 0:
+            self.paths = write_evaluation(
+                self.output_dir,
+                engine.state.metrics,
+                self.metric.class_names,
+                rows,
+                model_name=self.model_name,
+                task=self.task,
+                extra=self.extra,
+            )
