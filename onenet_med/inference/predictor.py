@@ -234,10 +234,7 @@ class Predictor:
         from onenet_med.inference.readers import SimpleITKReader
 
         if not task_spec.is_volume:
-            raise ValueError(
-                f"{name}: task {task_spec.name} is a 2D natural-image task; Predictor handles volumes "
-                "(use the bundle's inference.json for images)"
-            )
+            raise ValueError(_NOT_VOLUME.format(name=name, task=task_spec.name))
         if batch_slices < 1:
             raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
         self.device = torch.device(device) if device is not None else _default_device()
@@ -294,8 +291,10 @@ class Predictor:
             warnings.filterwarnings("ignore", message=".*deprecated name.*", category=UserWarning)
             parser = load_bundle_config(bundle_dir, overrides)
             spec = parser.get_parsed_content("task_spec")
-            preprocessing = parser.get_parsed_content("preprocessing")
             name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
+            if not spec.is_volume:
+                raise ValueError(_NOT_VOLUME.format(name=name, task=spec.name))
+            preprocessing = parser.get_parsed_content("preprocessing")
             if device is None:
                 device = parser.get_parsed_content("device")
             if batch_slices is None:
@@ -313,7 +312,9 @@ class Predictor:
                     scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
                     if scripted is None:
                         raise RuntimeError(
-                            f"{name}: cannot load {path} into {type(network).__name__}: {error}"
+                            f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
+                            "another network or other settings? pass the overrides used in training, e.g. "
+                            f"network_def#features): {_first_line(error)}"
                         ) from error
                     network = scripted
         predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name)
@@ -536,9 +537,16 @@ def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module | Non
         return None
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, at most ``limit`` characters (torch's state-dict errors list every key)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_NOT_VOLUME = (
+    "{name}: task {task} is a 2D natural-image task; Predictor handles volumes (use the bundle's inference.json)"
+)
 
 
 def _array_to_metatensor(array, affine, channel_dim):

@@ -71,7 +71,7 @@ class SimpleITKReader(ImageReader):
 
         arrays: list[np.ndarray] = []
         meta: dict = {}
-        for image in ensure_tuple(img):
+        for image in img if isinstance(img, (list, tuple)) else [img]:  # a sitk.Image iterates over its pixels
             dim = image.GetDimension()
             array = sitk.GetArrayViewFromImage(image)  # (z, y, x[, c]) view into the image buffer
             order = (*range(dim - 1, -1, -1), *range(dim, array.ndim))
