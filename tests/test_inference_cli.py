@@ -151,6 +151,7 @@ def test_parse_overrides():
         parse_overrides(["features"])
 
 
+@pytest.mark.slow  # a second interpreter importing MONAI: ~10 s on the shared 2-core machine
 def test_entry_point_exit_code(tmp_path, cases, subprocess_env):
     folder, _, ckpt = cases
     cmd = [sys.executable, "-m", "onenet_med", "predict", "--bundle", HEART, "--checkpoint", ckpt]

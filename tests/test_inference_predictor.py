@@ -300,3 +300,12 @@ def test_expand_inputs_and_output_names(tmp_path):
     assert output_name("x/scan.v2.mhd") == "scan.v2_seg.mha"
     assert output_name("scan.nii.gz", "prob") == "scan_prob.nii.gz"
     assert output_name("scan.nii.gz", "seg", ".json") == "scan_seg.json"
+
+
+def test_simpleitk_reader_registered_once():
+    from onenet_med.inference import SimpleITKReader
+
+    pre = load_bundle_config(BUNDLES / "onenet_heart").get_parsed_content("preprocessing")
+    for _ in range(2):  # two predictors sharing one preprocessing chain
+        Predictor(ThresholdNet(), pre, get_task("heart"), device="cpu")
+    assert sum(isinstance(r, SimpleITKReader) for r in pre.transforms[0]._loader.readers) == 1

@@ -250,7 +250,8 @@ class Predictor:
         if not transforms or not isinstance(transforms[0], LoadImaged):
             raise ValueError(f"{name}: preprocessing must start with LoadImaged, got {transforms[:1]}")
         self._loader = transforms[0]
-        self._loader.register(SimpleITKReader())  # .nrrd, .mha, ... (MONAI's ITKReader needs the itk package)
+        if not any(isinstance(r, SimpleITKReader) for r in getattr(self._loader._loader, "readers", [])):
+            self._loader.register(SimpleITKReader())  # .nrrd, .mha, ... (MONAI's ITKReader needs the itk package)
         self._after_load = Compose(transforms[1:])
         # a resize interpolates: invert the probabilities (bilinear) like the bundle; else invert the labels
         self.resamples = any(isinstance(t, (Resized, Resize)) for t in transforms)
