@@ -345,8 +345,9 @@ class Predictor:
             channel_dim: channel axis of a 4D array (default -1); ignored for files.
 
         Raises:
+            FileNotFoundError: no such file.
             ValueError: wrong channel count or not a 3D volume (the message names the file).
-            RuntimeError / OSError: unreadable or corrupt file (MONAI's message, prefixed with the file).
+            RuntimeError: unreadable or corrupt file (the reader's message, prefixed with the file).
         """
         from monai.data import MetaTensor
         from monai.transforms import Invertd
