@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "onenet_med.data.cli",
     "onenet_med.profiling",
+    "onenet_med.inference.cli",
 )
 
 

@@ -1,5 +1,48 @@
-"""Slice-wise inference: writers (and the prediction API)."""
+"""Slice-wise inference on volumes: the :class:`Predictor` API (``onenet-med predict`` is a thin layer over it),
+atomic writers, a SimpleITK reader for non-NIfTI formats and PNG overlays.
 
-from onenet_med.inference.writers import AtomicITKWriter, AtomicNibabelWriter, AtomicPILWriter, atomic_writer
+Example::
 
-__all__ = ["AtomicITKWriter", "AtomicNibabelWriter", "AtomicPILWriter", "atomic_writer"]
+    from onenet_med.inference import Predictor
+
+    predictor = Predictor.from_bundle("bundles/onenet_heart")
+    result = predictor.predict_volume("la_003.nii.gz")
+    print(result.volume_ml)
+
+Imports are lazy: ``onenet-med --help`` does not pay for MONAI.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "AXES": "predictor",
+    "IMAGE_SUFFIXES": "predictor",
+    "PredictionResult": "predictor",
+    "Predictor": "predictor",
+    "expand_inputs": "predictor",
+    "load_bundle_config": "predictor",
+    "output_name": "predictor",
+    "SimpleITKReader": "readers",
+    "save_overlays": "overlays",
+    "AtomicITKWriter": "writers",
+    "AtomicNibabelWriter": "writers",
+    "AtomicPILWriter": "writers",
+    "atomic_writer": "writers",
+    "write_like": "writers",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

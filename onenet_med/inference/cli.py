@@ -1,0 +1,208 @@
+"""``onenet-med predict``: run a trained bundle slice by slice on volumes (NIfTI, .nrrd, .mha, folders of them,
+or an MSD dataset.json's test list) and write one label volume per input in the input's exact geometry.
+
+Per input ``<stem>``: ``<stem>_seg.<ext>`` (uint8 labels), ``<stem>_seg.json`` (volume in mL per class, slices,
+seconds), optionally ``<stem>_prob.<ext>`` (float32 probabilities, channels last) and ``<stem>_overlay_*.png``;
+``summary.json`` for the run. A failing input (missing, corrupt, wrong channel count, existing output without
+``--overwrite``) is reported and skipped; the exit code is 1 when any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def add_parser(subparsers) -> None:
+    """Register ``onenet-med predict``."""
+    p = subparsers.add_parser(
+        "predict",
+        help="segment volumes with a trained bundle (slice-wise), writing label maps in the input geometry",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of them, or an MSD dataset.json")
+    p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/onenet_heart")
+    p.add_argument("--output", "-o", required=True, help="output folder (created when missing)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="weights: state dict (.pt) or TorchScript (.ts); default <bundle>/models/model.pt, else model.ts",
+    )
+    p.add_argument("--save-probabilities", action="store_true", help="also write <stem>_prob (K channels, float32)")
+    p.add_argument("--overlays", type=int, default=0, metavar="N", help="write PNGs of N slices with the prediction")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument(
+        "--batch-slices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="slices per forward pass (default: bundle batch_size)",
+    )
+    p.add_argument(
+        "--axis",
+        default="axial",
+        help="slicing axis after RAS orientation: axial (default), coronal, sagittal or 0/1/2",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle config override, VALUE parsed as JSON when possible (e.g. network_def#features=8); repeatable",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a#b=8", "c=x"]`` -> ``{"a#b": 8, "c": "x"}`` (values parsed as JSON, else kept as strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _outputs(path: str, out_dir: str, args: argparse.Namespace) -> dict[str, str]:
+    from onenet_med.inference.predictor import output_name
+
+    outs = {
+        "labels": os.path.join(out_dir, output_name(path, "seg")),
+        "json": os.path.join(out_dir, output_name(path, "seg", ".json")),
+    }
+    if args.save_probabilities:
+        outs["probabilities"] = os.path.join(out_dir, output_name(path, "prob"))
+    return outs
+
+
+def _overlay_prefix(path: str, out_dir: str) -> str:
+    from onenet_med.inference.predictor import output_name
+
+    return os.path.join(out_dir, output_name(path, "overlay", ""))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every input; returns 0 when all succeeded, 1 when any failed, 2 on a usage/bundle error."""
+    from tqdm.auto import tqdm
+
+    from onenet_med.engine.atomic import atomic_write_text
+    from onenet_med.inference.overlays import save_overlays
+    from onenet_med.inference.predictor import Predictor, expand_inputs
+
+    start = time.perf_counter()
+    try:
+        if args.overlays < 0:
+            raise ValueError(f"--overlays must be >= 0, got {args.overlays}")
+        overrides = parse_overrides(args.override)
+        files = expand_inputs(args.inputs)
+        if not files:
+            raise ValueError(f"no image files in {' '.join(args.inputs)}")
+        plans = [(f, _outputs(f, args.output, args)) for f in files]
+        seen: dict[str, str] = {}
+        for f, outs in plans:
+            if outs["labels"] in seen:
+                raise ValueError(f"{seen[outs['labels']]} and {f} would both write {outs['labels']}: rename one")
+            seen[outs["labels"]] = f
+        predictor = Predictor.from_bundle(
+            args.bundle,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            overrides=overrides,
+            batch_slices=args.batch_slices,
+            axis=args.axis,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 2
+    os.makedirs(args.output, exist_ok=True)
+
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    bar = tqdm(plans, desc="cases", unit="case", disable=args.no_progress, file=sys.stderr)
+    for path, outs in bar:
+        bar.set_postfix_str(os.path.basename(path))
+        existing = [p for p in outs.values() if os.path.exists(p)]
+        if args.overlays:
+            existing += sorted(glob.glob(glob.escape(_overlay_prefix(path, args.output)) + "_*.png"))
+        if existing and not args.overwrite:
+            failed.append({"input": path, "error": f"{path}: output exists: {', '.join(existing)} (pass --overwrite)"})
+            tqdm.write(f"SKIPPED {failed[-1]['error']}", file=sys.stderr)
+            continue
+        try:
+            result = predictor.predict_volume(
+                path, probabilities=args.save_probabilities, return_image=args.overlays > 0
+            )
+            t = time.perf_counter()
+            predictor.save(result, outs["labels"], outs.get("probabilities"))
+            if args.overlays:
+                outs["overlays"] = save_overlays(
+                    result.image,
+                    result.labels,
+                    result.affine,
+                    _overlay_prefix(path, args.output),
+                    args.overlays,
+                    axis=predictor.axis,
+                )
+            result.seconds["save"] = time.perf_counter() - t
+            result.seconds["total"] += result.seconds["save"]
+            record = {
+                **result.to_dict(),
+                "outputs": outs,
+                "bundle": predictor.name,
+                "checkpoint": predictor.checkpoint,
+                "device": str(predictor.device),
+            }
+            atomic_write_text(outs["json"], json.dumps(record, indent=2) + "\n")
+            done.append(record)
+        except Exception as error:  # one bad input must not stop the others
+            message = str(error) if path in str(error) else f"{path}: {type(error).__name__}: {error}"
+            failed.append({"input": path, "error": message})
+            tqdm.write(f"FAILED {failed[-1]['error']}", file=sys.stderr)
+    bar.close()
+
+    seconds = time.perf_counter() - start
+    summary = {
+        "bundle": predictor.name,
+        "checkpoint": predictor.checkpoint,
+        "device": str(predictor.device),
+        "inputs": len(plans),
+        "succeeded": len(done),
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "volumes_per_minute": round(60.0 * len(done) / seconds, 3) if seconds > 0 else None,
+        "cases": [
+            {"input": r["input"], "labels": r["outputs"]["labels"], "slices": r["slices"], "volume_ml": r["volume_ml"]}
+            for r in done
+        ],
+    }
+    atomic_write_text(os.path.join(args.output, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, predictor.spec.class_names)
+    return 1 if failed else 0
+
+
+def _print_summary(summary: dict[str, Any], class_names) -> None:
+    fg = list(class_names[1:])
+    header = f"{'case':40s} {'slices':>6s} " + " ".join(f"{name[:18] + ' mL':>21s}" for name in fg)
+    print(header)
+    for case in summary["cases"]:
+        vols = " ".join(f"{case['volume_ml'][name]:21.2f}" for name in fg)
+        print(f"{os.path.basename(case['input'])[:40]:40s} {case['slices']:6d} {vols}")
+    print(
+        f"{summary['succeeded']}/{summary['inputs']} predicted in {summary['seconds']:.1f} s "
+        f"({summary['volumes_per_minute'] or 0:.2f} volumes/min) with {summary['bundle']} on {summary['device']}"
+    )
+    for failure in summary["failed"]:
+        print(f"FAILED {failure['error']}")

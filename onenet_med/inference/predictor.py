@@ -1,0 +1,577 @@
+"""Slice-wise prediction on volumes with a trained bundle: load the bundle once, then predict any number of scans.
+
+Typical use (notebook)::
+
+    from onenet_med.inference import Predictor
+
+    predictor = Predictor.from_bundle("bundles/onenet_heart")  # models/model.pt or models/model.ts
+    result = predictor.predict_volume("la_003.nii.gz")  # or predict_volume(array, affine)
+    result.labels  # (320, 320, 130) uint8 in the file's voxel order
+    result.volume_ml  # {"background": ..., "left atrium": 98.2}
+    predictor.save(result, "out/la_003_seg.nii.gz")  # exact input geometry (sform and qform)
+
+What happens to one volume (each step is the bundle's own, so results equal ``monai.bundle run`` with
+``inference.json``):
+
+1. the bundle's ``preprocessing`` chain (``LoadImaged`` -> channel first -> RAS orientation -> normalisation
+   [-> crop / resize] -> pad to a multiple of 32);
+2. MONAI :class:`~monai.inferers.SliceInferer`: 2D slices along the chosen axis (default: axial, the last axis
+   after RAS orientation), ``batch_slices`` slices per forward pass;
+3. :class:`~monai.transforms.Invertd` undoes the spatial preprocessing, so the label map has the input's shape
+   and voxel order. When the chain does not resample (no resize), argmax commutes with the inverse
+   (flips, crops and pads only move voxels), so the uint8 label map is inverted instead of the float
+   probabilities (the result is identical, at a fraction of the cost); with a resize the probabilities are
+   inverted (bilinear) and then argmax'ed, as the bundle's ``postprocessing`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from onenet_med.inference.writers import NIFTI_SUFFIXES, AtomicNibabelWriter, is_nifti, write_like
+
+__all__ = [
+    "AXES",
+    "IMAGE_SUFFIXES",
+    "argmax_channels",
+    "PredictionResult",
+    "Predictor",
+    "expand_inputs",
+    "load_bundle_config",
+    "output_name",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Slicing axes by name (axes of the RAS-oriented volume).
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+#: Volume files picked up from folders (NIfTI via nibabel, the rest via SimpleITK).
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd", ".nia", ".gipl", ".gipl.gz", ".mnc", ".vtk")
+
+# output extension for inputs whose own format is a header/data pair
+_OUTPUT_EXT = {".mhd": ".mha", ".nhdr": ".nrrd"}
+
+
+def _suffix(path: str | os.PathLike) -> str:
+    name = os.path.basename(os.fspath(path)).lower()
+    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+def output_name(path: str | os.PathLike, postfix: str = "seg", ext: str | None = None) -> str:
+    """File name of an output for input ``path``: ``<stem>_<postfix><ext>``; ``ext`` defaults to the input's
+    format family (``.nii.gz`` stays ``.nii.gz``, ``.nrrd`` stays ``.nrrd``, ``.mhd`` becomes ``.mha``)."""
+    name = os.path.basename(os.fspath(path))
+    suffix = _suffix(name)
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    if ext is None:
+        ext = _OUTPUT_EXT.get(suffix, name[len(stem) :] or ".nii.gz")
+    return f"{stem}_{postfix}{ext}"
+
+
+def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Image files to predict from a mix of files, folders (their volume files, sorted, hidden files skipped)
+    and MSD ``dataset.json`` files (their ``test`` list, relative to the json's folder).
+
+    Files are not opened here: a missing or corrupt file fails on its own when it is predicted.
+
+    Raises:
+        ValueError: a ``.json`` that is not an MSD dataset description with a ``test`` list.
+    """
+    from monai.data import load_decathlon_datalist
+
+    entries = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    files: list[str] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            files += sorted(
+                str(p)
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
+            )
+        elif path.suffix.lower() == ".json":
+            try:
+                items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key="test")
+            except (ValueError, KeyError, json.JSONDecodeError) as error:
+                raise ValueError(f"{path}: not an MSD dataset.json with a 'test' list ({error})") from error
+            for item in items:
+                image = item["image"]
+                if isinstance(image, (list, tuple)):
+                    raise ValueError(f"{path}: test entries with one file per channel are not supported ({image})")
+                files.append(str(image))
+        else:
+            files.append(str(path))
+    return files
+
+
+def load_bundle_config(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
+    """The bundle's ``train.json`` + ``inference.json`` + ``metadata.json`` in a :class:`monai.bundle.ConfigParser`,
+    with ``bundle_root`` set to ``bundle_dir`` and ``overrides`` applied (``{"network_def#features": 8}``).
+
+    Raises:
+        FileNotFoundError: ``bundle_dir`` is not a bundle folder (no ``configs/inference.json``).
+    """
+    from monai.bundle import ConfigParser
+
+    configs = Path(bundle_dir) / "configs"
+    files = [configs / "train.json", configs / "inference.json"]
+    missing = [str(f) for f in [*files, configs / "metadata.json"] if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{bundle_dir} is not a bundle folder: missing {', '.join(missing)}")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.read_meta(str(configs / "metadata.json"))
+    parser["bundle_root"] = str(Path(bundle_dir).resolve())
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+@dataclass
+class PredictionResult:
+    """The prediction of one volume, in the input's geometry.
+
+    Attributes:
+        labels: (X, Y, Z) uint8 label map, the input's voxel order (index = class).
+        affine: (4, 4) voxel-to-world affine of the input (RAS world, as MONAI/nibabel report it).
+        class_names: one name per class.
+        spacing: voxel size in mm along X, Y, Z.
+        slices: 2D slices given to the network.
+        axis: slicing axis of the RAS-oriented volume (2 = axial).
+        seconds: wall time per step (``load``, ``preprocess``, ``inference``, ``postprocess``, ``total``).
+        probabilities: (K, X, Y, Z) float32 softmax probabilities (summing to 1 per voxel), when asked for.
+        image: (X, Y, Z) first image channel after intensity normalisation, when asked for (overlays).
+        source: the input file, or ``None`` for arrays.
+    """
+
+    labels: np.ndarray
+    affine: np.ndarray
+    class_names: tuple[str, ...]
+    spacing: tuple[float, ...]
+    slices: int
+    axis: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None
+    image: np.ndarray | None = None
+    source: str | None = None
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in mL (|det| of the affine's 3x3 part, mm^3 / 1000; exact for oblique grids)."""
+        return abs(float(np.linalg.det(np.asarray(self.affine, dtype=np.float64)[:3, :3]))) / 1000.0
+
+    @property
+    def voxels(self) -> dict[str, int]:
+        """Voxel count per class name."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
+
+    @property
+    def volume_ml(self) -> dict[str, float]:
+        """Volume per class name in mL."""
+        return {name: n * self.voxel_volume_ml for name, n in self.voxels.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly metadata (everything but the arrays)."""
+        return {
+            "input": self.source,
+            "shape": [int(s) for s in self.labels.shape],
+            "spacing_mm": [float(s) for s in self.spacing],
+            "affine": np.asarray(self.affine, dtype=np.float64).tolist(),
+            "axis": self.axis,
+            "slices": self.slices,
+            "voxel_volume_ml": self.voxel_volume_ml,
+            "voxels": self.voxels,
+            "volume_ml": self.volume_ml,
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+
+class Predictor:
+    """A bundle's network and preprocessing, ready to predict volumes slice by slice.
+
+    Args:
+        network: 2D network (or TorchScript module) mapping (B, C, H, W) to logits (B, K, H, W).
+        preprocessing: the bundle's ``preprocessing`` (a :class:`monai.transforms.Compose` whose first step is
+            ``LoadImaged("image")``; every spatial step invertible).
+        task_spec: the bundle's :class:`onenet_med.data.TaskSpec` (channels, classes, names).
+        device: where the network runs (default: CUDA when available, else CPU).
+        batch_slices: slices per forward pass.
+        axis: slicing axis of the RAS-oriented volume: 0/1/2 or ``"sagittal"``/``"coronal"``/``"axial"``.
+        progress: show a progress bar over the slice batches.
+        name: bundle name, for messages.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        preprocessing: Any,
+        task_spec: Any,
+        device: str | torch.device | None = None,
+        batch_slices: int = 32,
+        axis: int | str = "axial",
+        progress: bool = False,
+        name: str = "bundle",
+    ):
+        from monai.transforms import Compose, LoadImaged, Resize, Resized
+
+        from onenet_med.inference.readers import SimpleITKReader
+
+        if not task_spec.is_volume:
+            raise ValueError(_NOT_VOLUME.format(name=name, task=task_spec.name))
+        if batch_slices < 1:
+            raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.network = network.to(self.device).eval()
+        self.spec = task_spec
+        self.name = name
+        self.batch_slices = int(batch_slices)
+        self.axis = _axis_index(axis)
+        self.progress = progress
+        self.checkpoint: str | None = None
+        self.preprocessing = preprocessing
+        transforms = list(preprocessing.flatten().transforms)
+        if not transforms or not isinstance(transforms[0], LoadImaged):
+            raise ValueError(f"{name}: preprocessing must start with LoadImaged, got {transforms[:1]}")
+        self._loader = transforms[0]
+        if not any(isinstance(r, SimpleITKReader) for r in getattr(self._loader._loader, "readers", [])):
+            self._loader.register(SimpleITKReader())  # .nrrd, .mha, ... (MONAI's ITKReader needs the itk package)
+        self._after_load = Compose(transforms[1:])
+        # a resize interpolates: invert the probabilities (bilinear) like the bundle; else invert the labels
+        self.resamples = any(isinstance(t, (Resized, Resize)) for t in transforms)
+
+    # ------------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle_dir: str | os.PathLike,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        batch_slices: int | None = None,
+        axis: int | str = "axial",
+        progress: bool = False,
+    ) -> Predictor:
+        """Load a bundle folder once.
+
+        Args:
+            bundle_dir: bundle folder (``configs/train.json``, ``configs/inference.json``, ``configs/metadata.json``).
+            checkpoint: weights to load: a state dict (``.pt``, loaded with ``weights_only=True`` into the
+                bundle's ``network_def``) or a TorchScript archive (``.ts``, ``torch.jit.load``). Default: the
+                bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: CUDA when available).
+            overrides: config overrides, as on the ``monai.bundle`` command line (``{"network_def#features": 8}``).
+            batch_slices: slices per forward pass (default: the bundle's ``batch_size``).
+            axis: slicing axis (see the class).
+            progress: progress bar over the slice batches.
+
+        Raises:
+            FileNotFoundError: not a bundle, or no checkpoint.
+            RuntimeError: the checkpoint does not load (corrupt, or another network's weights).
+        """
+        from onenet_med.engine import load_checkpoint
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*deprecated name.*", category=UserWarning)
+            parser = load_bundle_config(bundle_dir, overrides)
+            spec = parser.get_parsed_content("task_spec")
+            name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
+            if not spec.is_volume:
+                raise ValueError(_NOT_VOLUME.format(name=name, task=spec.name))
+            preprocessing = parser.get_parsed_content("preprocessing")
+            if device is None:
+                device = parser.get_parsed_content("device")
+            if batch_slices is None:
+                batch_slices = int(parser.get_parsed_content("batch_size"))
+            path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
+            if not path.is_file():
+                raise FileNotFoundError(f"checkpoint {path} does not exist")
+            device = torch.device(device)
+            network = _load_torchscript(path, device) if path.suffix == ".ts" else None
+            if network is None:
+                network = parser.get_parsed_content("network_def")
+                try:
+                    load_checkpoint(path, {"model": network}, map_location=device)
+                except RuntimeError as error:
+                    scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
+                    if scripted is None:
+                        raise RuntimeError(
+                            f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
+                            "another network or other settings? pass the overrides used in training, e.g. "
+                            f"network_def#features): {_first_line(error)}"
+                        ) from error
+                    network = scripted
+        predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name)
+        predictor.checkpoint = str(path)
+        logger.info(f"{name}: {path} on {device}, {batch_slices} slices per batch")
+        return predictor
+
+    # ------------------------------------------------------------------------------------------ prediction
+
+    def predict_volume(
+        self,
+        image: str | os.PathLike | np.ndarray | torch.Tensor,
+        affine: np.ndarray | None = None,
+        *,
+        probabilities: bool = False,
+        return_image: bool = False,
+        channel_dim: int | None = None,
+    ) -> PredictionResult:
+        """Predict one volume.
+
+        Args:
+            image: an image file (NIfTI, or a SimpleITK format such as .nrrd/.mha), or an array (X, Y, Z)
+                / (X, Y, Z, C) (channels last like MSD NIfTI files, or see ``channel_dim``).
+            affine: (4, 4) voxel-to-world RAS affine of an array (default identity).
+            probabilities: also return the softmax probabilities (K, X, Y, Z), inverted to the input geometry.
+            return_image: also return the normalised first image channel in the input geometry (overlays).
+            channel_dim: channel axis of a 4D array (default -1); ignored for files.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: wrong channel count or not a 3D volume (the message names the file).
+            RuntimeError: unreadable or corrupt file (the reader's message, prefixed with the file).
+        """
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+        what = source or "array"
+        if source is not None:
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"{source}: no such file")
+            try:
+                data = self._loader({"image": source})
+            except Exception as error:
+                raise RuntimeError(f"{source}: unreadable or corrupt image ({_first_line(error)})") from error
+        else:
+            data = {"image": _array_to_metatensor(image, affine, channel_dim)}
+        seconds["load"] = time.perf_counter() - start
+
+        t = time.perf_counter()
+        raw = data["image"]
+        spatial_rank = len(np.atleast_1d(raw.meta.get("spatial_shape", raw.shape[-3:])))
+        if spatial_rank != 3:
+            raise ValueError(f"{what}: expected a 3D volume, got spatial shape {tuple(raw.meta.get('spatial_shape'))}")
+        data = self._after_load(data)
+        img = data["image"]
+        if img.ndim != 4 or img.shape[0] != self.spec.in_channels:
+            raise ValueError(
+                f"{what}: {img.shape[0] if img.ndim == 4 else '?'} channel(s) of shape {tuple(raw.shape[-3:])}, "
+                f"bundle {self.name} (task {self.spec.name}) expects {self.spec.in_channels} channel(s): "
+                f"{', '.join(self.spec.channel_names)}"
+            )
+        seconds["preprocess"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        x = img.as_tensor().to(self.device, non_blocking=True)[None]
+        with torch.no_grad():  # not inference_mode: MONAI's inverse works in place on what comes out
+            logits = self.inferer()(x, self.network)[0]  # (K, H, W, D)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds["inference"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        keep_probs = probabilities or self.resamples
+        inputs: dict[str, Any] = {"image": img}
+        if keep_probs:
+            pred = torch.softmax(logits, dim=0)
+        else:
+            pred = argmax_channels(logits)[None]
+        del logits, x
+        inputs["pred"] = MetaTensor(pred.cpu())  # Invertd takes the transforms to undo from "image"
+        keys = ["pred"]
+        if return_image:
+            inputs["overlay"] = MetaTensor(img.as_tensor()[:1])
+            keys.append("overlay")
+        inverted = Invertd(
+            keys, transform=self.preprocessing, orig_keys="image", nearest_interp=not keep_probs, to_tensor=True
+        )(inputs)
+        pred = inverted["pred"].as_tensor() if hasattr(inverted["pred"], "as_tensor") else inverted["pred"]
+        probs = None
+        if keep_probs:
+            probs = pred.float()
+            outside = probs.sum(0) == 0  # voxels the preprocessing cropped away: background
+            probs[0][outside] = 1.0
+            labels = argmax_channels(probs)
+        else:
+            labels = pred[0]
+        labels_np = labels.numpy()
+        out_affine = np.asarray(raw.meta.get("original_affine", raw.affine), dtype=np.float64)
+        expected = tuple(int(s) for s in np.atleast_1d(raw.meta.get("spatial_shape")))
+        if labels_np.shape != expected:
+            raise RuntimeError(f"{what}: inverted prediction has shape {labels_np.shape}, input has {expected}")
+        seconds["postprocess"] = time.perf_counter() - t
+        seconds["total"] = time.perf_counter() - start
+        return PredictionResult(
+            labels=labels_np,
+            affine=out_affine,
+            class_names=tuple(self.spec.class_names),
+            spacing=tuple(float(s) for s in np.linalg.norm(out_affine[:3, :3], axis=0)),
+            slices=int(img.shape[1 + self.axis]),
+            axis=self.axis,
+            seconds=seconds,
+            probabilities=probs.numpy() if probabilities and probs is not None else None,
+            image=inverted["overlay"][0].numpy() if return_image else None,
+            source=source,
+        )
+
+    def inferer(self):
+        """The :class:`monai.inferers.SliceInferer` used: whole slices along ``axis``, ``batch_slices`` at a time
+        (the bundle's ``validate#inferer`` with this predictor's axis and batch size)."""
+        from monai.inferers import SliceInferer
+
+        return SliceInferer(
+            roi_size=(-1, -1), sw_batch_size=self.batch_slices, spatial_dim=self.axis, progress=self.progress
+        )
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def save(
+        self,
+        result: PredictionResult,
+        path: str | os.PathLike,
+        probabilities_path: str | os.PathLike | None = None,
+    ) -> list[str]:
+        """Write the label map (uint8) and optionally the probabilities ((X, Y, Z, K) float32), atomically.
+
+        File inputs: the output takes the input file's exact geometry (NIfTI: the header's sform and qform are
+        copied bit for bit), see :func:`onenet_med.inference.writers.write_like`. Arrays: a NIfTI with the
+        result's affine.
+
+        Returns:
+            the written paths.
+        """
+        written = [self._write(result, result.labels, path)]
+        if probabilities_path is not None:
+            if result.probabilities is None:
+                raise ValueError("the result has no probabilities: predict with probabilities=True")
+            written.append(self._write(result, np.moveaxis(result.probabilities, 0, -1), probabilities_path))
+        return written
+
+    @staticmethod
+    def _write(result: PredictionResult, array: np.ndarray, path: str | os.PathLike) -> str:
+        if result.source is not None:
+            return write_like(array, result.source, path)
+        if not is_nifti(path):
+            raise ValueError(f"{path}: predictions of arrays are written as NIfTI (.nii.gz)")
+        writer = AtomicNibabelWriter(output_dtype=array.dtype)
+        writer.set_data_array(array, channel_dim=-1 if array.ndim == 4 else None)
+        writer.set_metadata({"affine": result.affine, "original_affine": result.affine}, resample=False)
+        writer.write(os.fspath(path))
+        return os.fspath(path)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def argmax_channels(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(0)`` as uint8 for (K, ...) scores, first maximum on ties (like ``torch.argmax``).
+
+    K - 1 vectorised comparisons: on CPU with one thread about 10x faster than ``torch.argmax`` over the leading
+    axis of a (2, 320, 320, 130) volume (2.3 s -> 0.24 s), 4x with 4 classes.
+    """
+    if x.shape[0] > 256:
+        raise ValueError(f"{x.shape[0]} classes do not fit uint8 labels")
+    best = x[0]
+    labels = torch.zeros(x.shape[1:], dtype=torch.uint8, device=x.device)
+    for k in range(1, x.shape[0]):
+        better = x[k] > best
+        labels.masked_fill_(better, k)
+        best = torch.where(better, x[k], best)
+    return labels
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _axis_index(axis: int | str) -> int:
+    if isinstance(axis, str):
+        if axis.lower() in AXES:
+            return AXES[axis.lower()]
+        if not axis.lstrip("-").isdigit():
+            raise ValueError(f"axis must be 0, 1, 2 or one of {list(AXES)}, got {axis!r}")
+        axis = int(axis)
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1, 2 or one of {list(AXES)}, got {axis!r}")
+    return int(axis)
+
+
+def _default_checkpoint(parser) -> Path:
+    path = Path(parser.get_parsed_content("ckpt_path"))
+    if path.is_file():
+        return path
+    ts = path.with_suffix(".ts")
+    if ts.is_file():
+        return ts
+    raise FileNotFoundError(
+        f"no checkpoint: neither {path} nor {ts} exists; train the bundle first or pass a checkpoint"
+    )
+
+
+def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module | None:
+    """``torch.jit.load`` or ``None`` when ``path`` is not a TorchScript archive (a ``.ts`` that fails raises)."""
+    try:
+        return torch.jit.load(str(path), map_location=device)
+    except Exception as error:
+        if path.suffix == ".ts":
+            raise RuntimeError(f"cannot load TorchScript model {path}: {_first_line(error)}") from error
+        return None
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, at most ``limit`` characters (torch's state-dict errors list every key)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_NOT_VOLUME = (
+    "{name}: task {task} is a 2D natural-image task; Predictor handles volumes (use the bundle's inference.json)"
+)
+
+
+def _array_to_metatensor(array, affine, channel_dim):
+    """An in-memory volume as ``LoadImage`` would return it: float32 MetaTensor with affine and channel meta."""
+    from monai.data import MetaTensor
+    from monai.utils import MetaKeys, SpaceKeys
+
+    data = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array).to(torch.float32)
+    if data.ndim not in (3, 4):
+        raise ValueError(f"array: expected (X, Y, Z) or a 4D array with a channel axis, got shape {tuple(data.shape)}")
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or math.isclose(np.linalg.det(affine[:3, :3]), 0):
+        raise ValueError(f"array: affine must be an invertible (4, 4) matrix, got {affine.tolist()}")
+    if data.ndim == 4:
+        channel_dim = -1 if channel_dim is None else int(channel_dim)
+        spatial = [s for i, s in enumerate(data.shape) if i != channel_dim % 4]
+    else:
+        spatial = list(data.shape)
+    meta = {
+        MetaKeys.ORIGINAL_AFFINE: affine,
+        MetaKeys.SPATIAL_SHAPE: np.asarray(spatial),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: channel_dim if data.ndim == 4 else float("nan"),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+        "filename_or_obj": "array",
+    }
+    return MetaTensor(data, affine=torch.as_tensor(affine), meta=meta)

@@ -1,0 +1,43 @@
+"""scripts/bench_predict.py on a tiny volume: the report's numbers are consistent with each other."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_predict", Path(__file__).parents[1] / "scripts" / "bench_predict.py"
+)
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+
+def test_synthetic_volume(tmp_path):
+    path = bench.make_volume(tmp_path / "v.nii.gz", (40, 36, 5))
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    assert data.shape == (40, 36, 5) and data.dtype == np.float32
+    assert (data[0] == 0).all() and data[20, 18].min() > 0  # zero border, positive inside
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+
+
+def test_report(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    report = bench.main(
+        ["--size", "32", "--slices", "3", "--networks", "onenet_ed4", "basicunet", "--batch-slices", "2",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["volume"] == [32, 32, 3] and report["device"] == "cpu"
+    ref, other = report["networks"]["onenet_ed4"], report["networks"]["basicunet"]
+    assert ref["slices"] == 3 and ref["batch_slices"] == 2 and "forward_seconds" not in other
+    assert 0 < ref["forward_seconds"] and report["end_to_end_over_forward"] == ref["end_to_end_over_forward"]
+    assert ref["end_to_end_over_forward"] == ref["end_to_end_seconds"] / ref["forward_seconds"]
+    assert ref["volumes_per_minute"] == 60 / ref["end_to_end_seconds"]
+    assert set(ref["steps"]) == {"load", "preprocess", "inference", "postprocess", "save"}
+    assert report["end_to_end_vs_reference"]["onenet_ed4"] == 1.0
+    assert "end-to-end / forward" in capsys.readouterr().out

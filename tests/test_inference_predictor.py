@@ -1,0 +1,311 @@
+"""Predictor: exact output geometry, equality with the bundle's own inference path, formats, channels, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+
+from onenet_med.data import get_task
+from onenet_med.inference import Predictor, expand_inputs, load_bundle_config, output_name
+from onenet_med.inference.predictor import argmax_channels
+from tests.data_trees import make_msd_task
+from tests.inference_helpers import (
+    BUNDLES,
+    OBLIQUE_LPS,
+    PERMUTED,
+    RAS,
+    TINY,
+    ThresholdNet,
+    make_affine,
+    make_volume,
+    save_checkpoint,
+    save_nifti,
+    threshold_labels,
+)
+
+GEOMETRIES = [
+    ("oblique_lps_odd", OBLIQUE_LPS, (21, 19, 7)),
+    ("ras_even", RAS, (32, 24, 5)),
+    ("permuted_axes", PERMUTED, (6, 17, 23)),
+    ("sheared", make_affine(flips=(1, -1, -1), spacing=(1.0, 0.7, 3.0)) @ np.array(
+        [[1, 0.2, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]
+    ), (15, 22, 4)),
+]  # fmt: skip
+
+
+def _threshold_predictor(task="heart", **kwargs) -> Predictor:
+    parser = load_bundle_config(BUNDLES / f"onenet_{task}")
+    return Predictor(ThresholdNet(), parser.get_parsed_content("preprocessing"), get_task(task), device="cpu", **kwargs)
+
+
+@pytest.fixture
+def heart_case(tmp_path):
+    image = save_nifti(tmp_path / "case.nii.gz", make_volume((21, 19, 7)), OBLIQUE_LPS)
+    ckpt, _ = save_checkpoint(tmp_path / "model.pt", "heart", spread_on=image)
+    return image, ckpt
+
+
+@pytest.mark.parametrize("name,affine,shape", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
+def test_output_geometry_equals_input(tmp_path, name, affine, shape):
+    volume = make_volume(shape, seed=1)
+    src = save_nifti(tmp_path / f"{name}.nii.gz", volume, affine)
+    predictor = _threshold_predictor(batch_slices=3)
+    result = predictor.predict_volume(src)
+    out = predictor.save(result, tmp_path / "out" / output_name(src))[0]
+    a, b = nib.load(src), nib.load(out)
+    assert b.shape == a.shape and b.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(b.get_sform(), a.get_sform())
+    np.testing.assert_array_equal(b.get_qform(), a.get_qform())
+    assert int(b.header["sform_code"]) == int(a.header["sform_code"]) == 2
+    assert int(b.header["qform_code"]) == int(a.header["qform_code"]) == 1
+    np.testing.assert_array_equal(b.header.get_zooms(), a.header.get_zooms())
+    assert nib.aff2axcodes(b.affine) == nib.aff2axcodes(a.affine)
+    np.testing.assert_array_equal(result.affine, a.affine)
+    # the labels are in the file's voxel order: the pointwise network's answer is known voxel by voxel
+    labels = np.asarray(b.dataobj)
+    expected = threshold_labels(volume)
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(result.labels, expected)
+    assert result.labels.dtype == np.uint8 and result.slices == nib.as_closest_canonical(a).shape[2]
+    np.testing.assert_allclose(result.spacing, np.linalg.norm(a.affine[:3, :3], axis=0))
+
+
+@pytest.mark.parametrize("axis,name", [(0, "sagittal"), (1, "coronal"), (2, "axial"), ("coronal", "coronal")])
+def test_slicing_axis(tmp_path, axis, name):
+    volume = make_volume((13, 11, 9), seed=2)
+    src = save_nifti(tmp_path / "v.nii.gz", volume, OBLIQUE_LPS)
+    predictor = _threshold_predictor(axis=axis, batch_slices=4)
+    result = predictor.predict_volume(src)
+    ras_shape = nib.as_closest_canonical(nib.load(src)).shape
+    pad = [32 * -(-s // 32) for s in ras_shape[:2]] + [ras_shape[2]]  # in-plane padded to a multiple of 32
+    assert result.axis == {"sagittal": 0, "coronal": 1, "axial": 2}[name]
+    assert result.slices == pad[result.axis]
+    np.testing.assert_array_equal(result.labels, threshold_labels(volume))
+
+
+def _bundle_reference(bundle, ckpt_net, image_path, out_dir, overrides=None):
+    """The bundle's own path: its preprocessing, the network on ONE slice at a time, its postprocessing
+    (softmax -> Invertd on probabilities -> argmax -> SaveImaged)."""
+    parser = load_bundle_config(bundle, {**TINY, **(overrides or {}), "prediction_dir": str(out_dir)})
+    pre = parser.get_parsed_content("preprocessing")
+    post = parser.get_parsed_content("postprocessing")
+    d = pre({"image": str(image_path)})
+    img = d["image"]
+    with torch.no_grad():
+        logits = torch.stack([ckpt_net(img[None, ..., z].as_tensor())[0] for z in range(img.shape[-1])], dim=-1)
+    d["pred"] = MetaTensor(logits, meta=dict(img.meta))
+    post(d)
+    return np.asarray(nib.load(str(out_dir / output_name(image_path))).dataobj)
+
+
+@pytest.mark.parametrize(
+    "task,channels,overrides",
+    [("heart", 1, {}), ("brain", 4, {}), ("heart", 1, {"spatial_size": 24})],
+    ids=["heart_native", "brain_cropped", "heart_resized"],
+)
+def test_equals_bundle_reference(tmp_path, task, channels, overrides):
+    src = save_nifti(tmp_path / "case.nii.gz", make_volume((21, 19, 7), channels), OBLIQUE_LPS)
+    ckpt, net = save_checkpoint(tmp_path / "model.pt", task, spread_on=src)
+    bundle = BUNDLES / f"onenet_{task}"
+    predictor = Predictor.from_bundle(bundle, ckpt, device="cpu", overrides={**TINY, **overrides}, batch_slices=3)
+    assert predictor.resamples == ("spatial_size" in overrides)
+    result = predictor.predict_volume(src)
+    reference = _bundle_reference(bundle, net, src, tmp_path / "ref", overrides)
+    assert len(np.unique(reference)) > 1
+    np.testing.assert_array_equal(result.labels, reference)
+
+
+def test_probabilities_sum_to_one_and_match_labels(tmp_path):
+    src = save_nifti(tmp_path / "b.nii.gz", make_volume((21, 19, 7), 4), OBLIQUE_LPS)
+    ckpt, _ = save_checkpoint(tmp_path / "model.pt", "brain", spread_on=src)
+    predictor = Predictor.from_bundle(BUNDLES / "onenet_brain", ckpt, device="cpu", overrides=TINY)
+    result = predictor.predict_volume(src, probabilities=True)
+    probs = result.probabilities
+    assert probs.shape == (4, 21, 19, 7) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), result.labels)
+    # the 2-voxel rim of zeros is cropped away by the Brain chain: background with certainty
+    np.testing.assert_array_equal(probs[0, :2], 1.0)
+    plain = predictor.predict_volume(src)  # the label-inversion path gives the same labels
+    np.testing.assert_array_equal(plain.labels, result.labels)
+    assert plain.probabilities is None
+    _, prob_file = predictor.save(result, tmp_path / "b_seg.nii.gz", tmp_path / "b_prob.nii.gz")
+    saved = nib.load(prob_file)
+    assert saved.shape == (21, 19, 7, 4)
+    np.testing.assert_allclose(np.asarray(saved.dataobj).sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(saved.get_sform(), nib.load(src).get_sform())
+
+
+def test_brain_four_channels_and_wrong_channel_counts(tmp_path):
+    brain = save_nifti(tmp_path / "brain.nii.gz", make_volume((21, 19, 7), 4), OBLIQUE_LPS)
+    mono = save_nifti(tmp_path / "mono.nii.gz", make_volume((21, 19, 7), 1), OBLIQUE_LPS)
+    ckpt, _ = save_checkpoint(tmp_path / "brain.pt", "brain", spread_on=brain)
+    predictor = Predictor.from_bundle(BUNDLES / "onenet_brain", ckpt, device="cpu", overrides=TINY)
+    result = predictor.predict_volume(brain)
+    assert result.labels.shape == (21, 19, 7) and result.labels.max() < 4
+    assert len(np.unique(result.labels)) > 2
+    with pytest.raises(ValueError, match=r"mono\.nii\.gz: 1 channel\(s\).*expects 4 channel\(s\): FLAIR"):
+        predictor.predict_volume(mono)
+    heart_ckpt, _ = save_checkpoint(tmp_path / "heart.pt", "heart")
+    heart = Predictor.from_bundle(BUNDLES / "onenet_heart", heart_ckpt, device="cpu", overrides=TINY)
+    with pytest.raises(ValueError, match=r"brain\.nii\.gz: 4 channel\(s\).*onenet_heart.*expects 1"):
+        heart.predict_volume(brain)
+
+
+def test_torchscript_model_ts_equals_state_dict(tmp_path, heart_case):
+    image, _ = heart_case
+    bundle = tmp_path / "onenet_heart"
+    shutil.copytree(BUNDLES / "onenet_heart", bundle)  # symlinked shared configs are copied as files
+    save_checkpoint(bundle / "models" / "model.ts", "heart", spread_on=image, torchscript=True)
+    scripted = Predictor.from_bundle(bundle, device="cpu")  # no model.pt: models/model.ts is picked
+    assert isinstance(scripted.network, torch.jit.ScriptModule)
+    assert scripted.checkpoint == str(bundle / "models" / "model.ts")
+    save_checkpoint(bundle / "models" / "model.pt", "heart", spread_on=image)
+    eager = Predictor.from_bundle(bundle, device="cpu", overrides=TINY)  # model.pt now takes precedence
+    assert not isinstance(eager.network, torch.jit.ScriptModule)
+    a = scripted.predict_volume(image, probabilities=True)
+    b = eager.predict_volume(image, probabilities=True)
+    assert len(np.unique(b.labels)) == 2
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha"])
+def test_simpleitk_formats_equal_nifti(tmp_path, heart_case, ext):
+    nifti, ckpt = heart_case
+    ref = nib.load(nifti)
+    img = sitk.ReadImage(nifti)  # same voxels and geometry, written in another format
+    other = str(tmp_path / f"case{ext}")
+    sitk.WriteImage(img, other)
+    predictor = Predictor.from_bundle(BUNDLES / "onenet_heart", ckpt, device="cpu", overrides=TINY)
+    a = predictor.predict_volume(nifti)
+    b = predictor.predict_volume(other)
+    np.testing.assert_array_equal(b.labels, a.labels)
+    np.testing.assert_allclose(b.affine, ref.affine, atol=1e-5)
+    out = predictor.save(b, tmp_path / "out" / output_name(other))[0]
+    assert out.endswith(f"case_seg{ext}")
+    written, source = sitk.ReadImage(out), sitk.ReadImage(other)
+    assert written.GetPixelID() == sitk.sitkUInt8
+    for get in ("GetOrigin", "GetSpacing", "GetDirection"):  # NRRD stores text: equal to ~1e-16
+        np.testing.assert_allclose(getattr(written, get)(), getattr(source, get)(), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), a.labels)
+
+
+def test_array_input_equals_file(tmp_path, heart_case):
+    nifti, ckpt = heart_case
+    predictor = Predictor.from_bundle(BUNDLES / "onenet_heart", ckpt, device="cpu", overrides=TINY)
+    ref = nib.load(nifti)
+    a = predictor.predict_volume(nifti)
+    b = predictor.predict_volume(np.asarray(ref.dataobj), ref.affine)
+    np.testing.assert_array_equal(b.labels, a.labels)
+    assert b.source is None
+    np.testing.assert_array_equal(b.affine, ref.affine)
+    out = nib.load(predictor.save(b, tmp_path / "array_seg.nii.gz")[0])
+    np.testing.assert_allclose(out.affine, ref.affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), a.labels)
+    # channel-first 4D array for the 4-channel bundle
+    brain = make_volume((12, 10, 5), 4)
+    bp = Predictor.from_bundle(
+        BUNDLES / "onenet_brain", save_checkpoint(tmp_path / "b.pt", "brain")[0], device="cpu", overrides=TINY
+    )
+    last = bp.predict_volume(brain, OBLIQUE_LPS)
+    first = bp.predict_volume(np.moveaxis(brain, -1, 0), OBLIQUE_LPS, channel_dim=0)
+    np.testing.assert_array_equal(first.labels, last.labels)
+    with pytest.raises(ValueError, match="affine must be an invertible"):
+        predictor.predict_volume(np.zeros((4, 4, 4), np.float32), np.zeros((4, 4)))
+
+
+def test_volume_metadata(tmp_path):
+    volume = make_volume((13, 11, 6), seed=3)
+    src = save_nifti(tmp_path / "v.nii.gz", volume, OBLIQUE_LPS)
+    result = _threshold_predictor().predict_volume(src)
+    voxel_ml = abs(np.linalg.det(nib.load(src).affine[:3, :3])) / 1000
+    n = int(threshold_labels(volume).sum())
+    assert result.voxels == {"background": volume.size - n, "left atrium": n}
+    assert result.volume_ml["left atrium"] == pytest.approx(n * voxel_ml)
+    meta = result.to_dict()
+    json.dumps(meta)
+    assert meta["shape"] == [13, 11, 6] and meta["slices"] == 6 and meta["input"] == src
+    assert set(meta["seconds"]) == {"load", "preprocess", "inference", "postprocess", "total"}
+
+
+def test_from_bundle_errors(tmp_path, heart_case):
+    _, ckpt = heart_case
+    with pytest.raises(FileNotFoundError, match="not a bundle folder"):
+        Predictor.from_bundle(tmp_path)
+    bundle = tmp_path / "onenet_heart"
+    shutil.copytree(BUNDLES / "onenet_heart", bundle)
+    with pytest.raises(FileNotFoundError, match="model.pt nor .*model.ts"):
+        Predictor.from_bundle(bundle, device="cpu")
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        Predictor.from_bundle(bundle, tmp_path / "missing.pt", device="cpu")
+    with pytest.raises(RuntimeError, match="cannot load"):  # features 4 weights into the full-width network
+        Predictor.from_bundle(bundle, ckpt, device="cpu")
+    (tmp_path / "bad.ts").write_bytes(b"not a zip")
+    with pytest.raises(RuntimeError, match="cannot load TorchScript model"):
+        Predictor.from_bundle(bundle, tmp_path / "bad.ts", device="cpu")
+    with pytest.raises(ValueError, match="axis must be"):
+        Predictor.from_bundle(bundle, ckpt, device="cpu", overrides=TINY, axis="oblique")
+    with pytest.raises(ValueError, match="natural-image task"):
+        Predictor.from_bundle(BUNDLES / "onenet_voc", ckpt, device="cpu")
+
+
+def test_unreadable_inputs_name_the_file(tmp_path):
+    predictor = _threshold_predictor()
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    with pytest.raises(RuntimeError, match=r"corrupt\.nii\.gz: unreadable or corrupt image"):
+        predictor.predict_volume(tmp_path / "corrupt.nii.gz")
+    with pytest.raises(FileNotFoundError, match=r"nothere\.nii\.gz: no such file"):
+        predictor.predict_volume(tmp_path / "nothere.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((5, 6), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
+    with pytest.raises(ValueError, match=r"flat\.nii\.gz: expected a 3D volume"):
+        predictor.predict_volume(tmp_path / "flat.nii.gz")
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 4, 3), (4, 7), (3, 6, 1)])
+def test_argmax_channels_equals_torch_argmax(shape):
+    x = torch.randint(-2, 3, shape).float()  # many ties: the first maximum wins, like torch.argmax
+    np.testing.assert_array_equal(argmax_channels(x).numpy(), x.argmax(0).numpy())
+    assert argmax_channels(x).dtype == torch.uint8
+
+
+def test_expand_inputs_and_output_names(tmp_path):
+    task = make_msd_task(tmp_path / "msd", "heart", n_train=1, n_test=2)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ["b.nii.gz", "a.nii", "c.mha", "d.nrrd", ".a_seg.nii.gz.partial.nii.gz", "notes.txt", "e.json"]:
+        (folder / name).write_bytes(b"x")
+    files = expand_inputs([folder, task / "dataset.json", tmp_path / "single.nii.gz"])
+    assert files == [
+        str(folder / "a.nii"),
+        str(folder / "b.nii.gz"),
+        str(folder / "c.mha"),
+        str(folder / "d.nrrd"),
+        str(task / "imagesTs" / "case_001.nii.gz"),
+        str(task / "imagesTs" / "case_002.nii.gz"),
+        str(tmp_path / "single.nii.gz"),
+    ]
+    (tmp_path / "other.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(ValueError, match="not an MSD dataset.json with a 'test' list"):
+        expand_inputs(tmp_path / "other.json")
+    assert [output_name(f) for f in files[:4]] == ["a_seg.nii", "b_seg.nii.gz", "c_seg.mha", "d_seg.nrrd"]
+    assert output_name("x/scan.v2.mhd") == "scan.v2_seg.mha"
+    assert output_name("scan.nii.gz", "prob") == "scan_prob.nii.gz"
+    assert output_name("scan.nii.gz", "seg", ".json") == "scan_seg.json"
+
+
+def test_simpleitk_reader_registered_once():
+    from onenet_med.inference import SimpleITKReader
+
+    pre = load_bundle_config(BUNDLES / "onenet_heart").get_parsed_content("preprocessing")
+    for _ in range(2):  # two predictors sharing one preprocessing chain
+        Predictor(ThresholdNet(), pre, get_task("heart"), device="cpu")
+    assert sum(isinstance(r, SimpleITKReader) for r in pre.transforms[0]._loader.readers) == 1
