@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,36 +287,34 @@ class Predictor:
         """
         from onenet_med.engine import load_checkpoint
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*deprecated name.*", category=UserWarning)
-            parser = load_bundle_config(bundle_dir, overrides)
-            spec = parser.get_parsed_content("task_spec")
-            name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
-            if not spec.is_volume:
-                raise ValueError(_NOT_VOLUME.format(name=name, task=spec.name))
-            preprocessing = parser.get_parsed_content("preprocessing")
-            if device is None:
-                device = parser.get_parsed_content("device")
-            if batch_slices is None:
-                batch_slices = int(parser.get_parsed_content("batch_size"))
-            path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
-            if not path.is_file():
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
-            device = torch.device(device)
-            network = _load_torchscript(path, device) if path.suffix == ".ts" else None
-            if network is None:
-                network = parser.get_parsed_content("network_def")
-                try:
-                    load_checkpoint(path, {"model": network}, map_location=device)
-                except RuntimeError as error:
-                    scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
-                    if scripted is None:
-                        raise RuntimeError(
-                            f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
-                            "another network or other settings? pass the overrides used in training, e.g. "
-                            f"network_def#features): {_first_line(error)}"
-                        ) from error
-                    network = scripted
+        parser = load_bundle_config(bundle_dir, overrides)
+        spec = parser.get_parsed_content("task_spec")
+        name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
+        if not spec.is_volume:
+            raise ValueError(_NOT_VOLUME.format(name=name, task=spec.name))
+        preprocessing = parser.get_parsed_content("preprocessing")
+        if device is None:
+            device = parser.get_parsed_content("device")
+        if batch_slices is None:
+            batch_slices = int(parser.get_parsed_content("batch_size"))
+        path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        device = torch.device(device)
+        network = _load_torchscript(path, device) if path.suffix == ".ts" else None
+        if network is None:
+            network = parser.get_parsed_content("network_def")
+            try:
+                load_checkpoint(path, {"model": network}, map_location=device)
+            except RuntimeError as error:
+                scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
+                if scripted is None:
+                    raise RuntimeError(
+                        f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
+                        "another network or other settings? pass the overrides used in training, e.g. "
+                        f"network_def#features): {_first_line(error)}"
+                    ) from error
+                network = scripted
         predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name)
         predictor.checkpoint = str(path)
         logger.info(f"{name}: {path} on {device}, {batch_slices} slices per batch")
