@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # modules that contribute sub-commands (each defines ``add_parser(subparsers)``)
-SUBCOMMAND_MODULES: tuple[str, ...] = ("onenet_med.data.cli",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("onenet_med.data.cli", "onenet_med.compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
