@@ -47,6 +47,7 @@ __all__ = [
     "CompareSettings",
     "Check",
     "add_parser",
+    "budget_overrides",
     "bundle_command",
     "cli_command",
     "compare",
@@ -339,23 +340,41 @@ def held_out_items(settings: CompareSettings) -> tuple[str, list[dict], list[dic
     return task, lists["train"], lists["validation"]
 
 
-def shared_overrides(settings: CompareSettings) -> dict[str, Any]:
-    """The overrides every network gets (budget and data), before the per-network ones."""
+def budget_overrides(
+    epochs: int | None = None, iterations_per_epoch: int | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """Bundle overrides of a training budget (what ``--epochs``, ``--iterations-per-epoch``, ``--batch-size`` set).
+
+    Args:
+        epochs: ``max_epochs``.
+        iterations_per_epoch: iterations per epoch: the training loader draws ``batch_size`` items with replacement
+            for each (a ``RandomSampler``), instead of one pass over the training cases. With few volumes (the demo
+            has 3) an epoch is otherwise a single short iteration, and the progress bar, the per-epoch lr schedule
+            and the validation interval lose their meaning.
+        batch_size: training batch in dataset items (volumes give ``num_samples`` = 4 slices each).
+    """
     over: dict[str, Any] = {}
-    if settings.dataset_dir is not None:
-        over["dataset_dir"] = os.path.abspath(settings.dataset_dir)
-    if settings.epochs is not None:
-        over["max_epochs"] = int(settings.epochs)
-    if settings.batch_size is not None:
-        over["batch_size"] = int(settings.batch_size)
-    if settings.iterations_per_epoch is not None:
-        n = int(settings.iterations_per_epoch)
+    if epochs is not None:
+        over["max_epochs"] = int(epochs)
+    if batch_size is not None:
+        over["batch_size"] = int(batch_size)
+    if iterations_per_epoch is not None:
+        n = int(iterations_per_epoch)
         if n < 1:
             raise ValueError(f"iterations_per_epoch must be >= 1, got {n}")
         over["train#dataloader#shuffle"] = False
         over["train#dataloader#sampler"] = (
             f"$torch.utils.data.RandomSampler(@train#dataset, replacement=True, num_samples=@batch_size * {n})"
         )
+    return over
+
+
+def shared_overrides(settings: CompareSettings) -> dict[str, Any]:
+    """The overrides every network gets (data and budget), before the per-network ones."""
+    over: dict[str, Any] = {}
+    if settings.dataset_dir is not None:
+        over["dataset_dir"] = os.path.abspath(settings.dataset_dir)
+    over.update(budget_overrides(settings.epochs, settings.iterations_per_epoch, settings.batch_size))
     over.update(settings.overrides)
     return over
 
