@@ -504,7 +504,7 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
     if settings.threads:
         env["OMP_NUM_THREADS"] = str(settings.threads)
     common = shared_overrides(settings)
-    predict_input = settings.predict_input or held_out[0]["image"]
+    predict_input = os.path.abspath(settings.predict_input or held_out[0]["image"])
     machine = machine_info()
     steps_path = out / "steps.json"
     steps = _load_steps(steps_path) if settings.reuse else {}
@@ -561,9 +561,12 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         for name, future in futures.items():
             results["networks"][name] = future.result()
     results["total_seconds"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):  # a busy machine explains slow timings
+        results["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     if settings.profile:
         slice_shape = _slice_shape(task, held_out[0])
         results["profile_input"] = [1, *slice_shape]
+        results["profile_threads"] = settings.threads
         profiles = profile_networks_for_report(task, settings.networks, settings.width, slice_shape, settings.threads)
         for name, prof in profiles.items():
             results["networks"][name]["profile"] = prof
@@ -686,7 +689,8 @@ def write_report(
     volume_rows: list[list[Any]] = []
     if predictions and predict_input:
         image, _ = _canonical(predict_input)
-        truth_path = next((i.get("label") for i in held_out if i["image"] == predict_input), None)
+        same = [i for i in held_out if os.path.abspath(i["image"]) == os.path.abspath(predict_input)]
+        truth_path = same[0].get("label") if same else None
         truth, voxel = _canonical(truth_path) if truth_path else (None, None)
         preds = {}
         for n, p in predictions.items():
@@ -764,7 +768,8 @@ def write_report(
     )
     lines += [
         "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median "
-        "no-grad forward pass of one slice (batch 1) on this machine. s / iteration: median training step from the "
+        f"no-grad forward pass of one slice (batch 1) on this machine ({results.get('profile_threads') or 'default'} "
+        "thread(s)). s / iteration: median training step from the "
         "TensorBoard wall times (validation excluded). Wall times include process start-up, data loading, "
         "validation and checkpoints. A shared machine makes every timing noisy; compare rows of the same run.",
         "",

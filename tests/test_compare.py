@@ -275,7 +275,7 @@ def test_compare_end_to_end_on_tiny_demo_data(tmp_path, demo_data, subprocess_en
     for png in ("loss_curves", "dice_curves", "class_dice", "overlays"):
         assert (out / f"{png}.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
-    assert "## Table 1" in report and "## Table 2" in report and "--network_def#features 4" in report
+    assert "## Table 1" in report and "## Table 2" in report and "'--network_def#features' 4" in report
     # --reuse skips every finished step and rewrites the same report
     proc = subprocess.run([*cmd, "--reuse"], env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stdout.count("reusing the finished run") == 3

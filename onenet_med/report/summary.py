@@ -58,7 +58,7 @@ def machine_info() -> dict[str, Any]:
         "monai": monai.__version__,
     }
     try:
-        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+        info["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
     return info
