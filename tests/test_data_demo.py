@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from onenet_med.cli import main
-from onenet_med.data import build_demo_dataset, check_dataset, get_datalists, get_transforms
+from onenet_med.data import build_demo_dataset, check_dataset, get_datalists, get_task, get_transforms
 from onenet_med.data.demo import demo_source_paths, tissue_labels
 
 
@@ -80,3 +80,10 @@ def test_demo_full_resolution(tmp_path):
     out = get_transforms("demo", "validate")(item)
     assert out["image"].shape[:3] == (1, 224, 256)
     assert check_dataset(task).ok
+
+
+def test_demo_intensity_stats_are_the_templates_whole_brain_statistics():
+    t1 = np.asanyarray(nib.load(demo_source_paths()["t1"]).dataobj).astype(np.float64)
+    brain = t1[t1 > 0]
+    mean, std = get_task("demo").intensity_stats
+    assert mean == pytest.approx(brain.mean(), abs=0.05) and std == pytest.approx(brain.std(), abs=0.05)

@@ -55,6 +55,10 @@ def test_unknown_task_and_bad_specs():
         TaskSpec("x", "nifti", 1, 2, ("a", "b"), "mri")
     with pytest.raises(ValueError, match="ct_window"):
         TaskSpec("x", "msd", 1, 2, ("a", "b"), "ct")
+    with pytest.raises(ValueError, match="intensity_stats"):
+        TaskSpec("x", "msd", 1, 2, ("a", "b"), "mri", intensity_stats=(100.0, 0.0))
+    with pytest.raises(ValueError, match="intensity_stats"):
+        TaskSpec("x", "msd", 1, 2, ("a", "b"), "ct", ct_window=(0.0, 1.0), intensity_stats=(0.0, 1.0))
 
 
 def test_cli_and_registry_do_not_import_monai(subprocess_env):

@@ -209,3 +209,24 @@ def test_bad_options():
     assert resolve_spatial_size(get_task("heart"), "task") is None
     with pytest.raises(ValueError, match="spatial_size"):
         resolve_spatial_size(get_task("heart"), (1, 2, 3))
+
+
+def test_demo_fixed_intensity_stats_put_every_slab_on_one_scale(tmp_path):
+    """The demo's slabs are parts of one image: one raw intensity maps to one value in every slab (issue 6)."""
+    mean, std = get_task("demo").intensity_stats
+    slabs = {  # a grey-matter-rich and a white-matter-rich slab: their own statistics differ
+        "top": np.where(np.arange(6 * 5 * 4).reshape(6, 5, 4) % 3 == 0, 210.0, 165.0),
+        "middle": np.where(np.arange(6 * 5 * 4).reshape(6, 5, 4) % 3 == 0, 165.0, 210.0),
+    }
+    outputs = {}
+    for name, arr in slabs.items():
+        arr[0] = 0.0  # outside the brain stays 0
+        save_nifti(tmp_path / f"{name}.nii.gz", arr.astype(np.float32), np.eye(4))
+        outputs[name] = get_transforms("demo", "infer")({"image": str(tmp_path / f"{name}.nii.gz")})["image"][0]
+    for name, arr in slabs.items():
+        out = outputs[name][:6, :5].numpy()
+        np.testing.assert_allclose(out[arr != 0], (arr[arr != 0] - mean) / std, rtol=1e-5)
+        assert np.all(out[arr == 0] == 0)
+    # the default per-volume z-score would give white matter (210) different values in the two slabs
+    per_volume = {n: _zscore_nonzero(a)[a == 210.0][0] for n, a in slabs.items()}
+    assert abs(per_volume["top"] - per_volume["middle"]) > 0.5

@@ -3,7 +3,8 @@
 Volumes (MSD tasks and the demo)::
 
     LoadImaged -> EnsureChannelFirstd -> Orientationd("RAS") [-> CropForegroundd (Brain)]
-      -> normalise (MRI: z-score over non-zero voxels per channel; CT: clip a HU window, scale to [0, 1])
+      -> normalise (MRI: z-score over non-zero voxels per channel, with the task's fixed ``intensity_stats`` when it
+         has them (demo); CT: clip a HU window, scale to [0, 1])
       [-> Resized in-plane when a spatial_size is given] -> label as uint8
     train:    -> SliceForegroundd (per-slice foreground flags) -> SliceMajord ((C, D, H, W), cached)
               -> RandSliceByPosNegd (axial slices, positive/negative balanced; first random step)
@@ -221,6 +222,9 @@ def resolve_spatial_size(spec: TaskSpec, spatial_size) -> tuple[int, int] | None
 
 
 def _normalise(spec: TaskSpec, key: str) -> list:
+    if spec.modality == "mri" and spec.intensity_stats is not None:
+        mean, std = spec.intensity_stats
+        return [NormalizeIntensityd(key, subtrahend=mean, divisor=std, nonzero=True)]
     if spec.modality == "mri":
         return [NormalizeIntensityd(key, nonzero=True, channel_wise=True)]
     if spec.modality == "ct":

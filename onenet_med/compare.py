@@ -1,0 +1,930 @@
+"""``onenet-med compare``: train and evaluate several registry networks on one bundle's data with the same budget.
+
+For each network the bundle's own configs run as separate ``python -m monai.bundle run`` processes, with one set of
+overrides shared by all networks (the budget: epochs, iterations per epoch, batch, lr, schedule, width):
+
+1. ``train.json`` -> ``<out>/runs/<network>/models/model.pt`` (best validation Dice) and TensorBoard curves;
+2. ``train.json`` + ``evaluate.json`` -> ``<out>/runs/<network>/output/eval/metrics.json`` on the held-out split;
+3. ``train.json`` + ``inference.json`` on one held-out volume -> ``<out>/predictions/<network>/<case>_seg.nii.gz``
+   (slice-wise prediction; see :func:`prediction_command`, the one place that will switch to ``onenet-med predict``).
+
+Then the networks are profiled (parameters, FLOPs and latency of one slice, :mod:`onenet_med.profiling` when
+installed) and ``<out>/report.md`` is written with the paper's Table 1 layout (CE, mAP0.5, mIoU, DSC), per-class
+Dice, Table 2 size/speed columns, PNG plots (loss and Dice curves, per-class Dice bars, overlays), the exact
+commands and the machine. ``<out>/results.json`` holds every number.
+
+Example (the demo's budget; ``scripts/demo.sh`` runs exactly this)::
+
+    onenet-med compare --bundle bundles/onenet_demo --networks onenet_ed4 unet4 --out reports/demo \\
+        --width 16 --epochs 8 --iterations-per-epoch 25 --batch-size 2 --set learning_rate=0.001 \\
+        --set lr_schedule=cosine --set val_interval=2
+
+With a GPU and the real MSD data, leaving out the CPU settings gives the paper's protocol (bundle defaults:
+width 64, Adam 1e-4 with the paper's step schedule, 300 epochs); see the bundles' docs/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CompareSettings",
+    "Check",
+    "add_parser",
+    "budget_overrides",
+    "bundle_command",
+    "cli_command",
+    "compare",
+    "network_overrides",
+    "parse_check",
+    "prediction_command",
+    "profile_networks_for_report",
+    "run_logged",
+    "write_report",
+]
+
+#: networks whose constructor takes an int ``features`` (base width): OneNet variants and the U-Net baselines
+_FEATURE_PREFIXES = ("onenet_", "unet", "mobilenet_unet")
+_BASICUNET_DEFAULT = (32, 32, 64, 128, 256, 32)
+
+
+@dataclass
+class CompareSettings:
+    """What :func:`compare` runs.
+
+    Args:
+        bundle: bundle folder (``bundles/onenet_demo``) holding ``configs/{train,evaluate,inference}.json``.
+        networks: registry names (:func:`onenet_med.networks.list_networks`), trained in this order.
+        output_dir: report folder (``report.md``, plots, ``runs/<network>/``, ``predictions/``, ``logs/``).
+        dataset_dir: dataset folder (default: the bundle's ``dataset_dir``).
+        width: base width for networks that have one (OneNet, U-Nets: ``features``; BasicUNet: its default
+            widths scaled by ``width / 32``); ``None`` keeps each network's default (64 for OneNet / U-Net).
+        epochs: ``max_epochs`` (None: the bundle's).
+        iterations_per_epoch: training iterations per epoch, drawing ``batch_size`` volumes with replacement for
+            each (None: one pass over the training cases per epoch, the bundle's default).
+        batch_size: training batch in dataset items (volumes give ``num_samples`` = 4 slices each; None: the task's).
+        overrides: more ``id=value`` bundle overrides, the same for every network (values are Python literals or
+            strings, e.g. ``learning_rate=0.001``, ``lr_schedule=cosine``, ``spatial_size=None``).
+        predict: run slice-wise prediction of every network on one held-out volume.
+        predict_input: the volume to predict (default: the first held-out case's image).
+        reuse: skip a step whose exact command already finished in ``output_dir`` (re-plot, add a network).
+        threads: ``OMP_NUM_THREADS`` of the child processes (None: inherit).
+        jobs: networks trained side by side (each its own process; on a CPU give each ``threads`` = cores / jobs:
+            one thread per process avoids the collapse of several OpenMP threads competing for busy cores).
+        checks: ``Check`` s evaluated into the report; any failure makes :func:`compare` report ``ok=False``.
+        profile: measure parameters, FLOPs and latency.
+        setup_commands: commands that prepared the data (e.g. ``onenet-med data demo ...``), listed in the report.
+    """
+
+    bundle: str
+    networks: list[str]
+    output_dir: str
+    dataset_dir: str | None = None
+    width: int | None = None
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    batch_size: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    predict: bool = True
+    predict_input: str | None = None
+    reuse: bool = False
+    threads: int | None = None
+    jobs: int = 1
+    checks: list[Check] = field(default_factory=list)
+    profile: bool = True
+    setup_commands: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Check:
+    """A pass/fail requirement on a network's ``metrics.json``: ``network:metric>=value`` (or ``<=``).
+
+    ``metric`` is a top-level key (``dice``, ``volume_dice``, ``miou``, ``map50``, ``ce``) or a per-class one
+    ``<metric>_<class name>`` (``dice_grey matter``, ``volume_dice_white matter``).
+    """
+
+    network: str
+    metric: str
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.network}: {self.metric} {self.op} {self.value:g}"
+
+    def evaluate(self, metrics: Mapping[str, Any]) -> float | None:
+        """The measured value (None when the metric is missing or undefined)."""
+        return metric_value(metrics, self.metric)
+
+    def passes(self, measured: float | None) -> bool:
+        if measured is None or not math.isfinite(measured):
+            return False
+        return measured >= self.value if self.op == ">=" else measured <= self.value
+
+
+def parse_check(text: str) -> Check:
+    """``"onenet_ed4:dice_grey matter>=0.85"`` -> :class:`Check`."""
+    m = re.fullmatch(r"\s*([^:]+?)\s*:\s*(.+?)\s*(>=|<=)\s*([-+0-9.eE]+)\s*", text)
+    if not m:
+        raise ValueError(f"check {text!r}: expected NETWORK:METRIC>=VALUE or NETWORK:METRIC<=VALUE")
+    return Check(m.group(1), m.group(2), m.group(3), float(m.group(4)))
+
+
+def metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
+    """A value of a ``metrics.json`` document: top-level ``key`` or ``<metric>_<class>`` from ``per_class``."""
+    if key in metrics and not isinstance(metrics[key], (dict, list)):
+        return None if metrics[key] is None else float(metrics[key])
+    for metric in ("volume_dice", "dice", "iou", "ap50"):  # longest prefix first: volume_dice_ before dice_
+        prefix = metric + "_"
+        if key.startswith(prefix):
+            value = metrics.get("per_class", {}).get(key[len(prefix) :], {}).get(metric)
+            return None if value is None else float(value)
+    return None
+
+
+def network_overrides(name: str, width: int | None) -> dict[str, Any]:
+    """Bundle overrides that select network ``name`` at base width ``width`` (None: the network's default).
+
+    OneNet and the U-Nets take ``features`` (base width); BasicUNet gets its default widths (32, 32, 64, 128, 256,
+    32) scaled by ``width / 32``; the ResNet U-Nets have no width setting and keep their size.
+    """
+    from onenet_med.networks import list_networks
+
+    if name not in list_networks():
+        raise ValueError(f"unknown network {name!r}; choose from: {', '.join(list_networks())}")
+    out: dict[str, Any] = {"network_name": name}
+    if width is None:
+        return out
+    if name.startswith(_FEATURE_PREFIXES):
+        out["network_def#features"] = int(width)
+    elif name == "basicunet":
+        out["network_def#features"] = tuple(max(1, round(f * width / 32)) for f in _BASICUNET_DEFAULT)
+    return out
+
+
+def _cli_value(value: Any) -> str:
+    """A value as ``monai.bundle``'s command line (python-fire) reads it back: strings as they are, lists of strings
+    as JSON (readable when quoted for a shell), anything else as its Python literal."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return json.dumps(value)
+    return repr(value)
+
+
+def bundle_command(
+    bundle: str | os.PathLike, configs: Sequence[str], overrides: Mapping[str, Any], python: str | None = None
+) -> list[str]:
+    """``python -m monai.bundle run`` over ``configs`` of ``bundle`` (overlays after ``train.json``) + overrides."""
+    config_dir = Path(bundle) / "configs"
+    files = [str(config_dir / c) for c in configs]
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: bundle config not found (is {os.fspath(bundle)!r} a bundle folder?)")
+    cmd = [python or sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files)]
+    logging_conf = config_dir / "logging.conf"
+    if logging_conf.is_file():
+        cmd += ["--logging_file", str(logging_conf)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", _cli_value(value)]
+    return cmd
+
+
+def prediction_command(
+    bundle: str | os.PathLike,
+    overrides: Mapping[str, Any],
+    inputs: Sequence[str],
+    output_dir: str | os.PathLike,
+    python: str | None = None,
+) -> list[str]:
+    """The command that predicts ``inputs`` slice by slice with a trained bundle into ``output_dir``.
+
+    SWITCH POINT (issue 5): this is the only place that chooses the prediction path. For now it is the bundle's
+    ``inference.json`` through ``monai.bundle``; when ``onenet-med predict`` lands, return
+    ``[python, "-m", "onenet_med", "predict", "--bundle", bundle, "--checkpoint", <ckpt>, *inputs, "--output",
+    output_dir]`` instead (the output name ``<case>_seg.nii.gz`` is what :func:`compare` looks for).
+    """
+    over = dict(overrides)
+    over["input_files"] = [os.fspath(p) for p in inputs]
+    over["prediction_dir"] = os.fspath(output_dir)
+    return bundle_command(bundle, ["train.json", "inference.json"], over, python)
+
+
+class Console:
+    """Shares one terminal between processes running side by side: one of them at a time is shown.
+
+    When the shown job ends, the next still-running one takes over (its earlier output stays in its log only).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: list[str] = []
+
+    def start(self, tag: str) -> None:
+        with self._lock:
+            self._active.append(tag)
+
+    def shows(self, tag: str) -> bool:
+        with self._lock:
+            return bool(self._active) and self._active[0] == tag
+
+    def end(self, tag: str) -> None:
+        with self._lock:
+            was_shown = bool(self._active) and self._active[0] == tag
+            self._active.remove(tag)
+            nxt = self._active[0] if self._active else None
+        if was_shown and nxt:
+            print(f"\n[compare] now showing {nxt} (running since it started; full output in its log)", flush=True)
+
+
+def run_logged(
+    cmd: Sequence[str],
+    log_path: str | os.PathLike,
+    env: Mapping[str, str] | None = None,
+    console: Console | None = None,
+    tag: str = "",
+) -> float:
+    """Run ``cmd``, streaming its output (progress bars included) to ``log_path`` and to this terminal.
+
+    Args:
+        cmd: the command.
+        log_path: file receiving everything the command prints (stdout and stderr), after a ``$ command`` line.
+        env: environment of the command (default: this process's).
+        console: when given, the output reaches the terminal only while ``console`` shows ``tag``.
+        tag: this job's name for ``console``.
+
+    Returns:
+        wall time in seconds.
+
+    Raises:
+        RuntimeError: non-zero exit, with the command and the log's last lines.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    start = time.perf_counter()
+    if console is not None:
+        console.start(tag)
+    try:
+        with open(log_path, "wb") as log:
+            log.write(("$ " + shlex.join(cmd) + "\n").encode())
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env or os.environ))
+            assert proc.stdout is not None
+            out = getattr(sys.stdout, "buffer", None)
+            while chunk := proc.stdout.read1(65536):
+                log.write(chunk)
+                if console is not None and not console.shows(tag):
+                    continue
+                if out is not None:
+                    out.write(chunk)
+                    out.flush()
+                else:  # e.g. a notebook's stdout
+                    sys.stdout.write(chunk.decode(errors="replace"))
+            code = proc.wait()
+    finally:
+        if console is not None:
+            console.end(tag)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        with open(log_path, errors="replace") as f:
+            tail = "".join(f.readlines()[-25:])
+        raise RuntimeError(f"command failed (exit {code}); log {log_path}:\n$ {shlex.join(cmd)}\n...\n{tail}")
+    return seconds
+
+
+def _bundle_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
+    """Task, val_fraction and seed as the bundle's train.json + metadata.json define them (literal values only)."""
+    from onenet_med.engine.workflow import bundle_task
+
+    config_dir = Path(bundle) / "configs"
+    with open(config_dir / "metadata.json") as f:
+        meta = json.load(f)
+    with open(config_dir / "train.json") as f:
+        train = json.load(f)
+    return {
+        "task": bundle_task(meta["name"]),
+        "val_fraction": train.get("val_fraction", 0.2),
+        "seed": train.get("seed", 0),
+        "name": meta["name"],
+    }
+
+
+def held_out_items(settings: CompareSettings) -> tuple[str, list[dict], list[dict]]:
+    """(task, training items, held-out items) of the bundle's data under the compare overrides."""
+    from onenet_med.data import get_datalists
+    from onenet_med.engine.workflow import default_dataset_dir
+
+    d = _bundle_defaults(settings.bundle)
+    task = settings.overrides.get("task", d["task"])
+    dataset_dir = settings.dataset_dir or default_dataset_dir(task)
+    lists = get_datalists(
+        task,
+        dataset_dir,
+        val_fraction=float(settings.overrides.get("val_fraction", d["val_fraction"])),
+        seed=int(settings.overrides.get("seed", d["seed"])),
+    )
+    return task, lists["train"], lists["validation"]
+
+
+def budget_overrides(
+    epochs: int | None = None, iterations_per_epoch: int | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """Bundle overrides of a training budget (what ``--epochs``, ``--iterations-per-epoch``, ``--batch-size`` set).
+
+    Args:
+        epochs: ``max_epochs``.
+        iterations_per_epoch: iterations per epoch: the training loader draws ``batch_size`` items with replacement
+            for each (a ``RandomSampler``), instead of one pass over the training cases. With few volumes (the demo
+            has 3) an epoch is otherwise a single short iteration, and the progress bar, the per-epoch lr schedule
+            and the validation interval lose their meaning.
+        batch_size: training batch in dataset items (volumes give ``num_samples`` = 4 slices each).
+    """
+    over: dict[str, Any] = {}
+    if epochs is not None:
+        over["max_epochs"] = int(epochs)
+    if batch_size is not None:
+        over["batch_size"] = int(batch_size)
+    if iterations_per_epoch is not None:
+        n = int(iterations_per_epoch)
+        if n < 1:
+            raise ValueError(f"iterations_per_epoch must be >= 1, got {n}")
+        over["train#dataloader#shuffle"] = False
+        over["train#dataloader#sampler"] = (
+            f"$torch.utils.data.RandomSampler(@train#dataset, replacement=True, num_samples=@batch_size * {n})"
+        )
+    return over
+
+
+def shared_overrides(settings: CompareSettings) -> dict[str, Any]:
+    """The overrides every network gets (data and budget), before the per-network ones."""
+    over: dict[str, Any] = {}
+    if settings.dataset_dir is not None:
+        over["dataset_dir"] = os.path.abspath(settings.dataset_dir)
+    over.update(budget_overrides(settings.epochs, settings.iterations_per_epoch, settings.batch_size))
+    over.update(settings.overrides)
+    return over
+
+
+def _load_steps(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf -> None, recursively (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_json(path: str | os.PathLike, data: Any) -> None:
+    from onenet_med.engine.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def profile_networks_for_report(
+    task: str, networks: Sequence[str], width: int | None, slice_shape: Sequence[int], threads: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Parameters, FLOPs and latency of one ``slice_shape`` (C, H, W) slice for each network as trained.
+
+    Uses :mod:`onenet_med.profiling` when the package has it (the Table 2 profiler); otherwise counts parameters and
+    FLOPs (``torch.utils.flop_counter``) and times no-grad forward passes here.
+    """
+    import statistics
+
+    import torch
+
+    from onenet_med.data import get_task
+    from onenet_med.networks import get_network
+
+    spec = get_task(task)
+    nets = {}
+    for name in networks:
+        kwargs = {
+            k.split("#", 1)[1]: v for k, v in network_overrides(name, width).items() if k.startswith("network_def#")
+        }
+        nets[name] = get_network(name, spec.in_channels, spec.num_classes, **kwargs).eval()
+    shape = (1, *slice_shape)
+    try:  # the Table 2 profiler (issue 2); the fallback below goes once it is on every branch
+        from onenet_med import profiling
+    except ImportError:
+        profiling = None
+    out: dict[str, dict[str, Any]] = {}
+    if profiling is not None:
+        times = profiling.measure_latency(nets, shape=shape, repeats=5, warmup=1, threads=threads)
+        for name, net in nets.items():
+            out[name] = {
+                "params": profiling.count_parameters(net),
+                "param_mb": profiling.parameter_bytes(net) / 1e6,
+                "gflops": profiling.count_flops(net, shape) / 1e9,
+                "latency_ms": 1000 * statistics.median(times[name]),
+            }
+        return out
+    from torch.utils.flop_counter import FlopCounterMode
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        x = torch.randn(*shape)
+        times: dict[str, list[float]] = {n: [] for n in nets}
+        with torch.no_grad():
+            for name, net in nets.items():
+                with FlopCounterMode(display=False) as counter:
+                    net(x)
+                tensors = list(net.parameters()) + list(net.buffers())
+                out[name] = {
+                    "params": sum(p.numel() for p in net.parameters()),
+                    "param_mb": sum(t.numel() * t.element_size() for t in tensors) / 1e6,
+                    "gflops": counter.get_total_flops() / 1e9,
+                }
+            for _ in range(5):  # interleaved rounds: a busy machine slows every network alike
+                for name, net in nets.items():
+                    t0 = time.perf_counter()
+                    net(x)
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(previous)
+    for name in nets:
+        out[name]["latency_ms"] = 1000 * statistics.median(times[name])
+    return out
+
+
+def _slice_shape(task: str, item: Mapping[str, Any]) -> tuple[int, ...]:
+    """(C, H, W) of one preprocessed slice of ``item`` (what the network sees)."""
+    from onenet_med.data import get_transforms
+
+    image = get_transforms(task, "infer")({"image": item["image"]})["image"]
+    return tuple(int(s) for s in image.shape[:3])
+
+
+def compare(settings: CompareSettings) -> dict[str, Any]:
+    """Train, evaluate, predict, profile and report every network of ``settings`` (see the module docstring).
+
+    Returns:
+        the ``results.json`` document (also written to ``<output_dir>/results.json``); ``results["ok"]`` is False
+        when a check failed.
+    """
+    from onenet_med.data import get_task
+    from onenet_med.report.summary import machine_info
+
+    if not settings.networks:
+        raise ValueError("no networks to compare")
+    out = Path(settings.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = Path(settings.bundle).resolve()
+    if not (bundle / "configs" / "train.json").is_file():
+        raise FileNotFoundError(f"{bundle}: not a bundle folder (no configs/train.json)")
+    task, train_items, held_out = held_out_items(settings)
+    spec = get_task(task)
+    if not held_out:
+        raise ValueError(f"{task}: no held-out cases (val_fraction 0?); compare evaluates on the validation split")
+    env = dict(os.environ)
+    if settings.threads:
+        env["OMP_NUM_THREADS"] = str(settings.threads)
+    common = shared_overrides(settings)
+    predict_input = os.path.abspath(settings.predict_input or held_out[0]["image"])
+    machine = machine_info()
+    steps_path = out / "steps.json"
+    steps = _load_steps(steps_path) if settings.reuse else {}
+    results: dict[str, Any] = {
+        "bundle": str(bundle),
+        "task": task,
+        "class_names": list(spec.class_names),
+        "dataset_dir": settings.dataset_dir,
+        "train_cases": [i.get("case_id", i["image"]) for i in train_items],
+        "held_out_cases": [i.get("case_id", i["image"]) for i in held_out],
+        "settings": {**asdict(settings), "checks": [str(c) for c in settings.checks]},
+        "shared_overrides": common,
+        "command": cli_command(settings),
+        "setup_commands": list(settings.setup_commands),
+        "machine": machine,
+        "networks": {},
+    }
+    started = time.perf_counter()
+    lock = threading.Lock()
+    console = Console()
+
+    def pipeline(name: str) -> dict[str, Any]:
+        run_dir = out / "runs" / name
+        over = {**common, **network_overrides(name, settings.width), "bundle_root": str(run_dir)}
+        commands = {
+            "train": bundle_command(bundle, ["train.json"], over),
+            "evaluate": bundle_command(bundle, ["train.json", "evaluate.json"], over),
+        }
+        pred_dir = out / "predictions" / name
+        if settings.predict:
+            commands["predict"] = prediction_command(bundle, over, [predict_input], pred_dir)
+        seconds: dict[str, float] = {}
+        for step, cmd in commands.items():
+            key = f"{name}/{step}"
+            previous = steps.get(key)
+            if previous and previous["command"] == cmd:
+                print(f"[compare] {key}: reusing the finished run ({previous['seconds']:.0f} s)", flush=True)
+                seconds[step] = previous["seconds"]
+                continue
+            log = out / "logs" / f"{name}_{step}.log"
+            print(f"[compare] {key}: {shlex.join(cmd)}\n[compare] log: {log}", flush=True)
+            for folder in {"train": [run_dir], "predict": [pred_dir]}.get(step, []):
+                shutil.rmtree(folder, ignore_errors=True)  # a fresh run must not mix with an earlier one's files
+            seconds[step] = run_logged(cmd, log, env, console, key)
+            print(f"[compare] {key}: done in {seconds[step]:.0f} s", flush=True)
+            with lock:
+                steps[key] = {"command": cmd, "seconds": seconds[step]}
+                _write_json(steps_path, steps)
+        return _network_results(run_dir, pred_dir if settings.predict else None, over, commands, seconds)
+
+    jobs = max(1, min(int(settings.jobs), len(settings.networks)))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {name: pool.submit(pipeline, name) for name in settings.networks}
+        for name, future in futures.items():
+            results["networks"][name] = future.result()
+    results["total_seconds"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):  # a busy machine explains slow timings
+        results["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    if settings.profile:
+        slice_shape = _slice_shape(task, held_out[0])
+        results["profile_input"] = [1, *slice_shape]
+        results["profile_threads"] = settings.threads
+        profiles = profile_networks_for_report(task, settings.networks, settings.width, slice_shape, settings.threads)
+        for name, prof in profiles.items():
+            results["networks"][name]["profile"] = prof
+    results["checks"] = []
+    for check in settings.checks:
+        metrics = results["networks"].get(check.network, {}).get("metrics", {})
+        measured = check.evaluate(metrics)
+        results["checks"].append({"check": str(check), "measured": measured, "passed": check.passes(measured)})
+    results["ok"] = all(c["passed"] for c in results["checks"])
+    results["files"] = write_report(results, out, predict_input=predict_input, held_out=held_out)
+    _write_json(out / "results.json", results)
+    return results
+
+
+def _network_results(
+    run_dir: Path,
+    pred_dir: Path | None,
+    overrides: Mapping[str, Any],
+    commands: Mapping[str, Sequence[str]],
+    seconds: Mapping[str, float],
+) -> dict[str, Any]:
+    """One network's entry of ``results.json``: metrics, curves, training speed, prediction path."""
+    from onenet_med.report.curves import read_run_curves
+
+    with open(run_dir / "output" / "eval" / "metrics.json") as f:
+        metrics = json.load(f)
+    curves = read_run_curves(run_dir / "output", ckpt_dir=run_dir / "models")
+    best = curves.best("val_mean_dice") or curves.best("dice")
+    entry: dict[str, Any] = {
+        "overrides": dict(overrides),
+        "commands": {k: shlex.join(v) for k, v in commands.items()},
+        "seconds": dict(seconds),
+        "metrics": metrics,
+        "training": {
+            "epochs": curves.train_loss[-1][0] if curves.train_loss else 0,
+            "epoch_length": curves.epoch_length,
+            "iterations": curves.iterations,
+            "s_per_iteration": curves.seconds_per_iteration,
+            "best_epoch": best[0] if best else None,
+            "best_val_dice": best[1] if best else None,
+        },
+        "curves": {"train_loss": curves.train_loss, "validation": curves.validation},
+    }
+    if pred_dir is not None:
+        found = sorted(pred_dir.glob("*_seg.nii.gz"))
+        entry["prediction"] = str(found[-1]) if found else None
+    return entry
+
+
+def _class_results(metrics: Mapping[str, Any], class_names: Sequence[str], metric: str) -> dict[str, float | None]:
+    values = {c: metrics.get("per_class", {}).get(c, {}).get(metric) for c in class_names}
+    values["mean"] = metrics.get(metric)
+    return values
+
+
+def _overlay_slices(truth, count: int = 4) -> list[int]:
+    """``count`` axial slices spread over the labelled extent of ``truth`` (H, W, D)."""
+    import numpy as np
+
+    z = np.flatnonzero(np.asarray(truth).reshape(-1, truth.shape[-1]).any(0))
+    if len(z) == 0:
+        z = np.arange(truth.shape[-1])
+    picks = np.linspace(z[0], z[-1], count + 2)[1:-1] if len(z) > count else z
+    return sorted({int(round(p)) for p in picks})
+
+
+def _canonical(path: str | os.PathLike):
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.as_closest_canonical(nib.load(os.fspath(path)))
+    data = np.asanyarray(img.dataobj)
+    return (data[..., 0] if data.ndim == 4 else data), float(np.prod(img.header.get_zooms()[:3]))
+
+
+def write_report(
+    results: Mapping[str, Any],
+    output_dir: str | os.PathLike,
+    predict_input: str | None = None,
+    held_out: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, str]:
+    """Plots and ``report.md`` of a :func:`compare` result into ``output_dir``; returns name -> path of each file."""
+    from onenet_med.engine.atomic import atomic_write_text
+    from onenet_med.metrics import DEFINITIONS, format_table
+    from onenet_med.report.curves import RunCurves
+    from onenet_med.report.plots import plot_class_dice, plot_dice_curves, plot_loss_curves, plot_overlays
+    from onenet_med.report.summary import label_volumes_ml, markdown_table
+
+    out = Path(output_dir)
+    nets: Mapping[str, Any] = results["networks"]
+    class_names = list(results["class_names"])
+    fg = class_names[1:]
+    task = results["task"]
+    runs = {
+        n: RunCurves(
+            train_loss=[tuple(p) for p in e["curves"]["train_loss"]],
+            validation={k: [tuple(p) for p in v] for k, v in e["curves"]["validation"].items()},
+            epoch_length=e["training"]["epoch_length"],
+        )
+        for n, e in nets.items()
+    }
+    files = {
+        "loss_curves": plot_loss_curves(runs, out / "loss_curves.png"),
+        "dice_curves": plot_dice_curves(runs, fg, out / "dice_curves.png", metric="dice"),
+        "class_dice": plot_class_dice(
+            {n: _class_results(e["metrics"], fg, "dice") for n, e in nets.items()},
+            fg,
+            out / "class_dice.png",
+            title=f"Per-class Dice (per 2D slice) on the held-out {task} cases",
+        ),
+    }
+    if any("volume_dice" in e["metrics"] for e in nets.values()):
+        files["class_volume_dice"] = plot_class_dice(
+            {n: _class_results(e["metrics"], fg, "volume_dice") for n, e in nets.items()},
+            fg,
+            out / "class_volume_dice.png",
+            title=f"Per-class Dice (per 3D case) on the held-out {task} cases",
+        )
+    predictions = {n: e["prediction"] for n, e in nets.items() if e.get("prediction")}
+    volume_rows: list[list[Any]] = []
+    if predictions and predict_input:
+        image, _ = _canonical(predict_input)
+        same = [i for i in held_out if os.path.abspath(i["image"]) == os.path.abspath(predict_input)]
+        truth_path = same[0].get("label") if same else None
+        truth, voxel = _canonical(truth_path) if truth_path else (None, None)
+        preds = {}
+        for n, p in predictions.items():
+            preds[n], voxel_pred = _canonical(p)
+            volumes = label_volumes_ml(preds[n], voxel_pred, class_names)
+            volume_rows.append([f"{n} prediction", *volumes.values()])
+        if truth is not None:
+            volume_rows.insert(0, ["ground truth", *label_volumes_ml(truth, voxel, class_names).values()])
+        slices = _overlay_slices(truth if truth is not None else next(iter(preds.values())))
+        files["overlays"] = plot_overlays(
+            image,
+            truth,
+            preds,
+            slices,
+            class_names,
+            out / "overlays.png",
+            title=f"Prediction vs ground truth: {os.path.basename(predict_input)} (held-out), axial slices",
+        )
+
+    lines = [f"# Model comparison on `{task}` ({os.path.basename(results['bundle'])})", ""]
+    lines += [
+        f"Networks: {', '.join(nets)}. Trained on {len(results['train_cases'])} case(s) "
+        f"({', '.join(map(str, results['train_cases']))}), evaluated on the held-out case(s) "
+        f"{', '.join(map(str, results['held_out_cases']))} with the best checkpoint by validation Dice on those "
+        "same cases (no separate test split).",
+        "",
+    ]
+    if results.get("checks"):
+        lines += ["## Checks", ""]
+        for c in results["checks"]:
+            measured = "–" if c["measured"] is None else f"{c['measured']:.4f}"
+            lines.append(f"- {'PASS' if c['passed'] else 'FAIL'}: {c['check']} (measured {measured})")
+        lines.append("")
+    lines += ["## Table 1: metrics on the held-out cases (paper layout)", ""]
+    lines.append(format_table([{"model": n, "task": task, "results": e["metrics"]} for n, e in nets.items()]))
+    for metric, label in (("dice", "per 2D slice"), ("volume_dice", "per 3D case")):
+        if any(metric in e["metrics"] for e in nets.values()):
+            lines += [f"Per-class Dice ({label}):", ""]
+            rows = [[n, *_class_results(e["metrics"], fg, metric).values()] for n, e in nets.items()]
+            lines.append(markdown_table(["Method", *fg, "mean"], rows))
+    lines += ["## Table 2: size and speed", ""]
+    shape = results.get("profile_input")
+    rows = []
+    for n, e in nets.items():
+        prof, tr = e.get("profile", {}), e["training"]
+        rows.append(
+            [
+                n,
+                prof.get("params", 0) / 1e6 if prof else None,
+                prof.get("param_mb"),
+                prof.get("gflops"),
+                prof.get("latency_ms"),
+                tr["iterations"],
+                tr["s_per_iteration"],
+                e["seconds"].get("train"),
+                e["seconds"].get("evaluate"),
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "Method",
+                "Params (M)",
+                "Param size (MB)",
+                f"GFLOPs / slice {tuple(shape) if shape else ''}",
+                "Latency / slice (ms)",
+                "Train iterations",
+                "s / iteration",
+                "Train wall (s)",
+                "Evaluate wall (s)",
+            ],
+            rows,
+            digits=3,
+        )
+    )
+    lines += [
+        "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median "
+        f"no-grad forward pass of one slice (batch 1) on this machine ({results.get('profile_threads') or 'default'} "
+        "thread(s)). s / iteration: median training step from the "
+        "TensorBoard wall times (validation excluded). Wall times include process start-up, data loading, "
+        "validation and checkpoints. A shared machine makes every timing noisy; compare rows of the same run.",
+        "",
+        "## Plots",
+        "",
+    ]
+    for key, caption in (
+        ("loss_curves", "Loss per epoch"),
+        ("dice_curves", "Validation Dice per epoch"),
+        ("class_dice", "Per-class Dice (per slice)"),
+        ("class_volume_dice", "Per-class Dice (per 3D case)"),
+        ("overlays", "Prediction vs ground truth"),
+    ):
+        if key in files:
+            lines += [f"![{caption}]({os.path.basename(files[key])})", ""]
+    if predictions:
+        lines += ["## Slice-wise prediction", ""]
+        lines += [f"Input: `{predict_input}`", ""]
+        lines += [f"- {n}: `{os.path.relpath(p, out)}`" for n, p in predictions.items()]
+        lines.append("")
+        if volume_rows:
+            lines += ["Volumes (mL):", "", markdown_table(["", *class_names[1:]], volume_rows, digits=1)]
+    lines += ["## Exact commands", "", "```bash", *results.get("setup_commands", []), results["command"], "```", ""]
+    lines += ["Which ran, per network (train, evaluate, predict):", ""]
+    for n, e in nets.items():
+        lines += [f"`{n}`:", "", "```bash", *e["commands"].values(), "```", ""]
+    m = results["machine"]
+    lines += ["## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in m.items()]
+    lines += ["", f"Total wall time of the runs: {results['total_seconds']:.0f} s.", "", "## Definitions", ""]
+    lines += [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()]
+    files["report"] = str(out / "report.md")
+    atomic_write_text(files["report"], "\n".join(lines) + "\n")
+    return {k: str(v) for k, v in files.items()}
+
+
+def _parse_set(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected ID=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def add_parser(subparsers) -> None:
+    """Register ``onenet-med compare``."""
+    p = subparsers.add_parser(
+        "compare",
+        help="train and evaluate several networks on one bundle's data with the same budget; write a report",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/onenet_demo")
+    p.add_argument("--networks", nargs="+", required=True, help="registry names, e.g. onenet_ed4 unet4")
+    p.add_argument("--out", required=True, help="report folder (report.md, plots, runs/, predictions/, logs/)")
+    p.add_argument("--dataset-dir", default=None, help="dataset folder (default: the bundle's dataset_dir)")
+    p.add_argument("--width", type=int, default=None, help="base width of OneNet / U-Nets (default: 64)")
+    p.add_argument("--epochs", type=int, default=None, help="max_epochs (default: the bundle's)")
+    p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch in items (volumes: x4 slices)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", type=_parse_set, default=[], metavar="ID=VALUE",
+        help="bundle override for every network, e.g. --set learning_rate=0.001 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--no-predict", action="store_true", help="skip the slice-wise prediction of a held-out volume")
+    p.add_argument("--predict-input", default=None, help="volume to predict (default: the first held-out case)")
+    p.add_argument("--reuse", action="store_true", help="skip steps whose exact command already finished here")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the training processes")
+    p.add_argument("--jobs", type=int, default=1, help="networks trained side by side (default 1)")
+    p.add_argument(
+        "--check", dest="checks", action="append", type=parse_check, default=[], metavar="NET:METRIC>=VALUE",
+        help="requirement written into the report; exit 1 when one fails (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--no-profile", action="store_true", help="skip the parameters / FLOPs / latency profile")
+    p.add_argument(
+        "--setup-command", dest="setup_commands", action="append", default=[], metavar="CMD",
+        help="a command that prepared the data, listed in the report (repeatable)",
+    )  # fmt: skip
+    p.set_defaults(func=_run)
+
+
+def cli_command(settings: CompareSettings) -> str:
+    """The ``onenet-med compare`` command line equivalent to ``settings`` (for reports)."""
+    args = ["onenet-med", "compare", "--bundle", settings.bundle, "--networks", *settings.networks]
+    args += ["--out", settings.output_dir]
+    for flag, value in (
+        ("--dataset-dir", settings.dataset_dir),
+        ("--width", settings.width),
+        ("--epochs", settings.epochs),
+        ("--iterations-per-epoch", settings.iterations_per_epoch),
+        ("--batch-size", settings.batch_size),
+        ("--predict-input", settings.predict_input),
+        ("--threads", settings.threads),
+        ("--jobs", settings.jobs if settings.jobs != 1 else None),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    for key, value in settings.overrides.items():
+        args += ["--set", f"{key}={_cli_value(value)}"]
+    for flag, on in (("--no-predict", not settings.predict), ("--reuse", settings.reuse)):
+        if on:
+            args.append(flag)
+    args += [
+        x for check in settings.checks for x in ("--check", f"{check.network}:{check.metric}{check.op}{check.value:g}")
+    ]
+    if not settings.profile:
+        args.append("--no-profile")
+    return shlex.join(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = CompareSettings(
+        bundle=args.bundle,
+        networks=list(args.networks),
+        output_dir=args.out,
+        dataset_dir=args.dataset_dir,
+        width=args.width,
+        epochs=args.epochs,
+        iterations_per_epoch=args.iterations_per_epoch,
+        batch_size=args.batch_size,
+        overrides=dict(args.overrides),
+        predict=not args.no_predict,
+        predict_input=args.predict_input,
+        reuse=args.reuse,
+        threads=args.threads,
+        jobs=args.jobs,
+        checks=list(args.checks),
+        profile=not args.no_profile,
+        setup_commands=list(args.setup_commands),
+    )
+    try:
+        results = compare(settings)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    print(summary_text(results))
+    return 0 if results["ok"] else 1
+
+
+def summary_text(results: Mapping[str, Any]) -> str:
+    """A few lines for the terminal: per-class Dice of each network, the checks, where the report is."""
+    fg = results["class_names"][1:]
+    lines = ["", f"Held-out Dice on {results['task']} (per slice | per 3D case):"]
+    for name, e in results["networks"].items():
+        m = e["metrics"]
+        cells = []
+        for c in [*fg, None]:
+            s = metric_value(m, f"dice_{c}" if c else "dice")
+            v = metric_value(m, f"volume_dice_{c}" if c else "volume_dice")
+            text = "–" if s is None else f"{s:.3f}"
+            cells.append(f"{c or 'mean'} {text}" + (f" | {v:.3f}" if v is not None else ""))
+        lines.append(f"  {name}: " + ", ".join(cells) + f"  (train {e['seconds'].get('train', 0):.0f} s)")
+    for c in results.get("checks", []):
+        lines.append(f"  {'PASS' if c['passed'] else 'FAIL'}: {c['check']}")
+    lines.append(f"Report: {results['files']['report']}")
+    return "\n".join(lines)

@@ -1,0 +1,286 @@
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from onenet_med.cli import build_parser, main
+from onenet_med.compare import (
+    Check,
+    CompareSettings,
+    bundle_command,
+    cli_command,
+    metric_value,
+    network_overrides,
+    parse_check,
+    shared_overrides,
+    write_report,
+)
+from onenet_med.data import build_demo_dataset
+from onenet_med.networks import get_network
+from tests.conftest import REPO_ROOT
+
+BUNDLE = os.path.join(REPO_ROOT, "bundles", "onenet_demo")
+NAMES = ["background", "CSF/other brain", "grey matter", "white matter"]
+METRICS = {
+    "ce": 0.3,
+    "dice": 0.9,
+    "miou": 0.8,
+    "map50": 1.0,
+    "volume_dice": 0.91,
+    "per_class": {
+        "CSF/other brain": {"dice": 0.8, "volume_dice": 0.82},
+        "grey matter": {"dice": 0.92, "volume_dice": 0.93},
+        "white matter": {"dice": 0.95, "volume_dice": None},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    return build_demo_dataset(tmp_path_factory.mktemp("demo") / "Task00_MNI152Tissue", step=4)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("onenet_ed4:dice_grey matter>=0.85", Check("onenet_ed4", "dice_grey matter", ">=", 0.85)),
+        (" unet4 : ce <= 1e-1 ", Check("unet4", "ce", "<=", 0.1)),
+        ("basicunet:volume_dice_CSF/other brain>=.5", Check("basicunet", "volume_dice_CSF/other brain", ">=", 0.5)),
+    ],
+)
+def test_parse_check(text, expected):
+    assert parse_check(text) == expected
+
+
+@pytest.mark.parametrize("text", ["dice>=0.8", "net:dice=0.8", "net:dice>=high"])
+def test_parse_check_rejects(text):
+    with pytest.raises(ValueError, match="NETWORK:METRIC>=VALUE"):
+        parse_check(text)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("dice", 0.9),
+        ("ce", 0.3),
+        ("dice_grey matter", 0.92),
+        ("volume_dice_grey matter", 0.93),
+        ("volume_dice_white matter", None),  # undefined
+        ("dice_no such class", None),
+        ("per_class", None),  # not a number
+        ("hd95", None),
+    ],
+)
+def test_metric_value(key, value):
+    assert metric_value(METRICS, key) == value
+
+
+@pytest.mark.parametrize(
+    "measured,check,passed",
+    [
+        (0.86, Check("n", "dice", ">=", 0.85), True),
+        (0.84, Check("n", "dice", ">=", 0.85), False),
+        (0.2, Check("n", "ce", "<=", 0.3), True),
+        (None, Check("n", "dice", ">=", 0.0), False),
+        (float("nan"), Check("n", "dice", "<=", 1.0), False),
+    ],
+)
+def test_check_passes(measured, check, passed):
+    assert check.passes(measured) is passed
+
+
+@pytest.mark.parametrize(
+    "name,width,expected",
+    [
+        ("onenet_ed4", 16, {"network_name": "onenet_ed4", "network_def#features": 16}),
+        ("unet4", 8, {"network_name": "unet4", "network_def#features": 8}),
+        ("mobilenet_unet4", 8, {"network_name": "mobilenet_unet4", "network_def#features": 8}),
+        ("basicunet", 16, {"network_name": "basicunet", "network_def#features": (16, 16, 32, 64, 128, 16)}),
+        ("resnet34_unet", 16, {"network_name": "resnet34_unet"}),  # no width setting
+        ("onenet_e4", None, {"network_name": "onenet_e4"}),
+    ],
+)
+def test_network_overrides(name, width, expected):
+    over = network_overrides(name, width)
+    assert over == expected
+    kwargs = {k.split("#")[1]: v for k, v in over.items() if k.startswith("network_def#")}
+    net = get_network(name, 1, 4, **kwargs)  # the registry accepts what compare passes
+    if width and name != "resnet34_unet":
+        first = next(m for m in net.modules() if hasattr(m, "out_channels") and hasattr(m, "kernel_size"))
+        assert first.out_channels == width
+
+
+def test_network_overrides_unknown():
+    with pytest.raises(ValueError, match="unknown network 'vnet'"):
+        network_overrides("vnet", 16)
+
+
+def test_bundle_command_reads_back_as_monai_bundle_arguments():
+    over = {"max_epochs": 3, "learning_rate": 0.001, "lr_schedule": "cosine", "spatial_size": None, "x": (1, 2)}
+    cmd = bundle_command(BUNDLE, ["train.json", "evaluate.json"], over, python="py")
+    assert cmd[:5] == ["py", "-m", "monai.bundle", "run", "--config_file"]
+    assert json.loads(cmd[5]) == [os.path.join(BUNDLE, "configs", f) for f in ("train.json", "evaluate.json")]
+    assert cmd[6:8] == ["--logging_file", os.path.join(BUNDLE, "configs", "logging.conf")]
+    pairs = dict(zip(cmd[8::2], cmd[9::2]))
+    assert pairs == {
+        "--max_epochs": "3",
+        "--learning_rate": "0.001",
+        "--lr_schedule": "cosine",
+        "--spatial_size": "None",
+        "--x": "(1, 2)",
+    }
+    with pytest.raises(FileNotFoundError, match="bundle config not found"):
+        bundle_command(REPO_ROOT, ["train.json"], {})
+
+
+def test_shared_overrides_budget():
+    s = CompareSettings(BUNDLE, ["unet4"], "out", epochs=5, batch_size=2, iterations_per_epoch=7, overrides={"seed": 3})
+    over = shared_overrides(s)
+    assert over["max_epochs"] == 5 and over["batch_size"] == 2 and over["seed"] == 3
+    assert over["train#dataloader#shuffle"] is False
+    assert "replacement=True, num_samples=@batch_size * 7" in over["train#dataloader#sampler"]
+    with pytest.raises(ValueError, match="iterations_per_epoch"):
+        shared_overrides(CompareSettings(BUNDLE, ["unet4"], "out", iterations_per_epoch=0))
+
+
+def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data):
+    """The sampler override, resolved by MONAI's ConfigParser on the demo bundle, gives N batches of 8 slices."""
+    from monai.bundle import ConfigParser
+
+    s = CompareSettings(BUNDLE, ["onenet_ed4"], "out", dataset_dir=str(demo_data), batch_size=2, iterations_per_epoch=3)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(BUNDLE, "configs", "train.json"))
+    parser.read_meta(os.path.join(BUNDLE, "configs", "metadata.json"))
+    parser.update({**shared_overrides(s), "num_workers": 0, "data_check": "none"})
+    loader = parser.get_parsed_content("train#dataloader")
+    batches = list(loader)
+    assert len(loader) == 3 and len(batches) == 3
+    assert all(b["image"].shape[0] == 8 for b in batches)  # 2 volumes x 4 slices
+
+
+def test_cli_command_round_trips_through_the_parser():
+    s = CompareSettings(
+        bundle="bundles/onenet_demo",
+        networks=["onenet_ed4", "unet4"],
+        output_dir="reports/x",
+        dataset_dir="data/demo dir",
+        width=16,
+        epochs=8,
+        iterations_per_epoch=20,
+        batch_size=2,
+        overrides={"learning_rate": 0.001, "lr_schedule": "cosine", "spatial_size": None},
+        predict=False,
+        threads=1,
+        jobs=2,
+        checks=[parse_check("onenet_ed4:dice_grey matter>=0.85")],
+    )
+    line = cli_command(s)
+    assert line.startswith("onenet-med compare --bundle bundles/onenet_demo --networks onenet_ed4 unet4")
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    assert args.networks == s.networks and args.dataset_dir == "data/demo dir" and args.width == 16
+    assert dict(args.overrides) == s.overrides and args.no_predict and args.jobs == 2
+    assert args.checks == s.checks and args.iterations_per_epoch == 20
+
+
+def _results(tmp_path, prediction=None, truth=None):
+    entry = {
+        "metrics": METRICS,
+        "commands": {"train": "python -m monai.bundle run --x 1"},
+        "seconds": {"train": 12.0, "evaluate": 3.0},
+        "training": {"epochs": 2, "epoch_length": 3, "iterations": 6, "s_per_iteration": 0.5},
+        "curves": {
+            "train_loss": [[1, 1.0], [2, 0.5]],
+            "validation": {"ce": [[2, 0.4]], "dice": [[2, 0.9]], "dice_grey matter": [[2, 0.92]]},
+        },
+        "profile": {"params": 572676, "param_mb": 2.3, "gflops": 1.25, "latency_ms": 40.0},
+    }
+    if prediction:
+        entry["prediction"] = str(prediction)
+    return {
+        "bundle": BUNDLE,
+        "task": "demo",
+        "class_names": NAMES,
+        "train_cases": ["mni_000", "mni_001"],
+        "held_out_cases": ["mni_002"],
+        "command": "onenet-med compare --bundle b",
+        "setup_commands": ["onenet-med data demo --out d"],
+        "machine": {"cpu": "test cpu", "usable_cores": 2},
+        "total_seconds": 20.0,
+        "profile_input": [1, 1, 32, 32],
+        "checks": [
+            {"check": "onenet_ed4: dice >= 0.85", "measured": 0.9, "passed": True},
+            {"check": "onenet_ed4: dice_white matter >= 0.99", "measured": 0.95, "passed": False},
+        ],
+        "networks": {"onenet_ed4": entry, "unet4": {**entry, "metrics": {**METRICS, "dice": 0.5}}},
+    }
+
+
+def test_write_report_tables_checks_volumes_and_plots(tmp_path):
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])  # 10 mm^3 voxels
+    truth = np.zeros((10, 12, 6), np.uint8)
+    truth[2:8, 2:10, 1:5] = 2  # 192 grey-matter voxels = 1.92 mL
+    truth[4:6, 4:6, 2:4] = 3  # 8 of them white matter: 1.84 mL grey, 0.08 mL white
+    pred = truth.copy()
+    pred[2:8, 2:10, 1] = 1  # 48 voxels become CSF: 0.48 mL
+    image = (truth * 50).astype(np.float32)
+    for name, arr in (("img", image), ("lab", truth), ("img_seg", pred)):
+        nib.save(nib.Nifti1Image(arr, affine), tmp_path / f"{name}.nii.gz")
+    img, lab, seg = (str(tmp_path / f"{n}.nii.gz") for n in ("img", "lab", "img_seg"))
+    files = write_report(_results(tmp_path, prediction=seg), tmp_path / "rep", img, [{"image": img, "label": lab}])
+    for key in ("loss_curves", "dice_curves", "class_dice", "class_volume_dice", "overlays", "report"):
+        assert os.path.getsize(files[key]) > 1000, key
+    text = open(files["report"]).read()
+    assert "| onenet_ed4 | 0.3000 | 1.0000 | 0.8000 | 0.9000 | 0.9100 |" in text  # Table 1: CE mAP mIoU DSC DSC3D
+    assert "| unet4 | 0.3000 | 1.0000 | 0.8000 | 0.5000 | 0.9100 |" in text
+    assert "| onenet_ed4 | 0.8000 | 0.9200 | 0.9500 | 0.9000 |" in text  # per class per slice + mean
+    assert "| onenet_ed4 | 0.8200 | 0.9300 | – | 0.9100 |" in text  # per 3D case, white matter undefined
+    assert "| onenet_ed4 | 0.573 | 2.300 | 1.250 | 40.000 | 6 | 0.500 | 12.000 | 3.000 |" in text  # Table 2
+    assert "- PASS: onenet_ed4: dice >= 0.85 (measured 0.9000)" in text
+    assert "- FAIL: onenet_ed4: dice_white matter >= 0.99 (measured 0.9500)" in text
+    assert "| ground truth | 0.0 | 1.8 | 0.1 |" in text  # mL: CSF 0, grey 1.84, white 0.08
+    assert "| onenet_ed4 prediction | 0.5 | 1.4 | 0.1 |" in text  # grey 1.84 - 0.48 = 1.36
+    assert "onenet-med data demo --out d\nonenet-med compare --bundle b" in text
+    assert "python -m monai.bundle run --x 1" in text and "- cpu: test cpu" in text
+    assert "![Prediction vs ground truth](overlays.png)" in text
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_tiny_demo_data(tmp_path, demo_data, subprocess_env):
+    """onenet-med compare through the real bundle: train, evaluate, predict, profile, report; a failed check exits 1."""
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "onenet_med", "compare", "--bundle", BUNDLE, "--networks", "onenet_ed4"]
+    cmd += ["--out", str(out), "--dataset-dir", str(demo_data), "--width", "4", "--epochs", "2"]
+    cmd += ["--iterations-per-epoch", "2", "--batch-size", "2", "--set", "val_interval=1", "--set", "num_workers=0"]
+    cmd += ["--set", "progress=False", "--check", "onenet_ed4:dice>=1.5", "--check", "onenet_ed4:ce>=0"]
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAIL: onenet_ed4: dice >= 1.5" in proc.stdout and "PASS: onenet_ed4: ce >= 0" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    net = results["networks"]["onenet_ed4"]
+    assert results["held_out_cases"] == ["mni_002"] and not results["ok"]
+    assert 0.0 <= net["metrics"]["dice"] <= 1.0 and net["metrics"]["num_cases"] == 1
+    assert net["training"]["iterations"] == 4 and net["training"]["epoch_length"] == 2
+    assert [e for e, _ in net["curves"]["train_loss"]] == [1, 2]
+    assert [e for e, _ in net["curves"]["validation"]["dice"]] == [1, 2]
+    assert net["profile"]["params"] == sum(p.numel() for p in get_network("onenet_ed4", 1, 4, features=4).parameters())
+    src = nib.load(demo_data / "imagesTr" / "mni_002.nii.gz")
+    seg = nib.load(net["prediction"])  # the predicted NIfTI keeps the input's geometry
+    assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
+    assert set(np.unique(np.asanyarray(seg.dataobj))) <= {0, 1, 2, 3}
+    for png in ("loss_curves", "dice_curves", "class_dice", "overlays"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "## Table 1" in report and "## Table 2" in report and "'--network_def#features' 4" in report
+    # --reuse skips every finished step and rewrites the same report
+    proc = subprocess.run([*cmd, "--reuse"], env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stdout.count("reusing the finished run") == 3
+
+
+def test_cli_reports_bad_bundle(tmp_path, capsys):
+    code = main(["compare", "--bundle", str(tmp_path), "--networks", "unet4", "--out", str(tmp_path / "o")])
+    assert code == 1 and "not a bundle folder" in capsys.readouterr().err
