@@ -16,7 +16,7 @@ commands and the machine. ``<out>/results.json`` holds every number.
 Example (the demo's budget; ``scripts/demo.sh`` runs exactly this)::
 
     onenet-med compare --bundle bundles/onenet_demo --networks onenet_ed4 unet4 --out reports/demo \\
-        --width 16 --epochs 8 --iterations-per-epoch 25 --batch-size 2 --set learning_rate=0.001 \\
+        --width 16 --epochs 8 --iterations-per-epoch 25 --batch-size 8 --set learning_rate=0.001 \\
         --set lr_schedule=cosine --set val_interval=2
 
 With a GPU and the real MSD data, leaving out the CPU settings gives the paper's protocol (bundle defaults:
@@ -78,7 +78,7 @@ class CompareSettings:
         epochs: ``max_epochs`` (None: the bundle's).
         iterations_per_epoch: training iterations per epoch, drawing ``batch_size`` volumes with replacement for
             each (None: one pass over the training cases per epoch, the bundle's default).
-        batch_size: training batch in dataset items (volumes give ``num_samples`` = 4 slices each; None: the task's).
+        batch_size: training batch in 2D slices (a volume gives 4 slices per draw; None: the task's).
         overrides: more ``id=value`` bundle overrides, the same for every network (values are Python literals or
             strings, e.g. ``learning_rate=0.001``, ``lr_schedule=cosine``, ``spatial_size=None``).
         predict: run slice-wise prediction of every network on one held-out volume.
@@ -347,11 +347,11 @@ def budget_overrides(
 
     Args:
         epochs: ``max_epochs``.
-        iterations_per_epoch: iterations per epoch: the training loader draws ``batch_size`` items with replacement
-            for each (a ``RandomSampler``), instead of one pass over the training cases. With few volumes (the demo
+        iterations_per_epoch: iterations per epoch (the bundle's ``epoch_length``; Ignite restarts the shuffled
+            training loader when it runs out) instead of one pass over the training cases. With few volumes (the demo
             has 3) an epoch is otherwise a single short iteration, and the progress bar, the per-epoch lr schedule
             and the validation interval lose their meaning.
-        batch_size: training batch in dataset items (volumes give ``num_samples`` = 4 slices each).
+        batch_size: training batch in 2D slices (a volume gives ``slices_per_volume`` = 4 slices per draw).
     """
     over: dict[str, Any] = {}
     if epochs is not None:
@@ -362,10 +362,9 @@ def budget_overrides(
         n = int(iterations_per_epoch)
         if n < 1:
             raise ValueError(f"iterations_per_epoch must be >= 1, got {n}")
-        over["train#dataloader#shuffle"] = False
-        over["train#dataloader#sampler"] = (
-            f"$torch.utils.data.RandomSampler(@train#dataset, replacement=True, num_samples=@batch_size * {n})"
-        )
+        over["epoch_length"] = n
+        # every step a full batch: the short remainder of a pass is dropped (the loader reshuffles each restart)
+        over["train#dataloader#drop_last"] = "$len(@train#dataset) > @train#dataloader#batch_size"
     return over
 
 
@@ -831,7 +830,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--width", type=int, default=None, help="base width of OneNet / U-Nets (default: 64)")
     p.add_argument("--epochs", type=int, default=None, help="max_epochs (default: the bundle's)")
     p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch in items (volumes: x4 slices)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch in 2D slices")
     p.add_argument(
         "--set", dest="overrides", action="append", type=_parse_set, default=[], metavar="ID=VALUE",
         help="bundle override for every network, e.g. --set learning_rate=0.001 (repeatable)",

@@ -66,7 +66,7 @@ echo "[demo] training onenet_ed4 and unet4 (width $WIDTH, $EPOCHS epochs x $ITER
 set +e
 OMP_NUM_THREADS="$THREADS" "$PY" -m onenet_med compare \
     --bundle bundles/onenet_demo --networks onenet_ed4 unet4 --out "$OUT" --dataset-dir "$DATA" \
-    --width "$WIDTH" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" --batch-size 2 \
+    --width "$WIDTH" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" --batch-size 8 \
     --set learning_rate=0.001 --set lr_schedule=cosine --set val_interval="$VAL" --set bn_refresh_batches=4 \
     --set num_workers=0 --jobs 2 --threads "$THREADS" "${CHECKS[@]}" \
     --setup-command "python ${DATA_CMD[*]}"

@@ -7,6 +7,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from ignite.engine import Events
 
 from onenet_med.cli import build_parser, main
 from onenet_med.compare import (
@@ -142,25 +143,27 @@ def test_shared_overrides_budget():
     s = CompareSettings(BUNDLE, ["unet4"], "out", epochs=5, batch_size=2, iterations_per_epoch=7, overrides={"seed": 3})
     over = shared_overrides(s)
     assert over["max_epochs"] == 5 and over["batch_size"] == 2 and over["seed"] == 3
-    assert over["train#dataloader#shuffle"] is False
-    assert "replacement=True, num_samples=@batch_size * 7" in over["train#dataloader#sampler"]
+    assert over["epoch_length"] == 7 and "drop_last" in " ".join(over)
     with pytest.raises(ValueError, match="iterations_per_epoch"):
         shared_overrides(CompareSettings(BUNDLE, ["unet4"], "out", iterations_per_epoch=0))
 
 
 def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data):
-    """The sampler override, resolved by MONAI's ConfigParser on the demo bundle, gives N batches of 8 slices."""
+    """Through MONAI's ConfigParser on the demo bundle: epochs of N iterations of batches of 8 slices."""
     from monai.bundle import ConfigParser
 
-    s = CompareSettings(BUNDLE, ["onenet_ed4"], "out", dataset_dir=str(demo_data), batch_size=2, iterations_per_epoch=3)
+    s = CompareSettings(BUNDLE, ["onenet_ed4"], "out", dataset_dir=str(demo_data), batch_size=8, iterations_per_epoch=3)
     parser = ConfigParser()
     parser.read_config(os.path.join(BUNDLE, "configs", "train.json"))
     parser.read_meta(os.path.join(BUNDLE, "configs", "metadata.json"))
     parser.update({**shared_overrides(s), "num_workers": 0, "data_check": "none"})
-    loader = parser.get_parsed_content("train#dataloader")
-    batches = list(loader)
-    assert len(loader) == 3 and len(batches) == 3
-    assert all(b["image"].shape[0] == 8 for b in batches)  # 2 volumes x 4 slices
+    parser.update({"network_def#features": 4, "max_epochs": 2, "val_interval": 100, "progress": False})
+    trainer = parser.get_parsed_content("train#trainer")
+    sizes = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: sizes.append(len(e.state.batch)))
+    trainer.run()
+    assert trainer.state.epoch_length == 3 and trainer.state.iteration == 6  # 3 training volumes, 3 steps an epoch
+    assert sizes == [8] * 6  # 2 volumes x 4 slices each step
 
 
 def test_cli_command_round_trips_through_the_parser():
