@@ -14,8 +14,7 @@ Only the task registry is imported eagerly; the rest loads on first use (importi
 
 from __future__ import annotations
 
-import importlib
-
+from onenet_med._lazy import lazy_attributes
 from onenet_med.data.tasks import IGNORE_INDEX, TaskSpec, get_task, list_tasks
 
 _LAZY = {
@@ -43,13 +42,4 @@ _LAZY = {
 __all__ = ["IGNORE_INDEX", "TaskSpec", "get_task", "list_tasks", *sorted(_LAZY)]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

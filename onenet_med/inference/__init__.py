@@ -14,7 +14,7 @@ Imports are lazy: ``onenet-med --help`` does not pay for MONAI.
 
 from __future__ import annotations
 
-import importlib
+from onenet_med._lazy import lazy_attributes
 
 _LAZY = {
     "AXES": "predictor",
@@ -36,13 +36,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from onenet_med.engine.workflow import default_device
 from onenet_med.inference.writers import NIFTI_SUFFIXES, AtomicNibabelWriter, is_nifti, write_like
 
 __all__ = [
@@ -236,7 +237,7 @@ class Predictor:
             raise ValueError(_NOT_VOLUME.format(name=name, task=task_spec.name))
         if batch_slices < 1:
             raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         self.network = network.to(self.device).eval()
         self.spec = task_spec
         self.name = name
@@ -496,10 +497,6 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
         labels.masked_fill_(better, k)
         best = torch.where(better, x[k], best)
     return labels
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _axis_index(axis: int | str) -> int:
