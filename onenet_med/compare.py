@@ -5,8 +5,8 @@ overrides shared by all networks (the budget: epochs, iterations per epoch, batc
 
 1. ``train.json`` -> ``<out>/runs/<network>/models/model.pt`` (best validation Dice) and TensorBoard curves;
 2. ``train.json`` + ``evaluate.json`` -> ``<out>/runs/<network>/output/eval/metrics.json`` on the held-out split;
-3. ``train.json`` + ``inference.json`` on one held-out volume -> ``<out>/predictions/<network>/<case>_seg.nii.gz``
-   (slice-wise prediction; see :func:`prediction_command`, the one place that will switch to ``onenet-med predict``).
+3. ``onenet-med predict`` on one held-out volume -> ``<out>/predictions/<network>/<case>_seg.nii.gz``
+   (slice-wise prediction in the input's geometry, :func:`prediction_command`).
 
 Then the networks are profiled (parameters, FLOPs and latency of one slice, :mod:`onenet_med.profiling` when
 installed) and ``<out>/report.md`` is written with the paper's Table 1 layout (CE, mAP0.5, mIoU, DSC), per-class
@@ -212,17 +212,15 @@ def prediction_command(
     output_dir: str | os.PathLike,
     python: str | None = None,
 ) -> list[str]:
-    """The command that predicts ``inputs`` slice by slice with a trained bundle into ``output_dir``.
-
-    SWITCH POINT (issue 5): this is the only place that chooses the prediction path. For now it is the bundle's
-    ``inference.json`` through ``monai.bundle``; when ``onenet-med predict`` lands, return
-    ``[python, "-m", "onenet_med", "predict", "--bundle", bundle, "--checkpoint", <ckpt>, *inputs, "--output",
-    output_dir]`` instead (the output name ``<case>_seg.nii.gz`` is what :func:`compare` looks for).
-    """
-    over = dict(overrides)
-    over["input_files"] = [os.fspath(p) for p in inputs]
-    over["prediction_dir"] = os.fspath(output_dir)
-    return bundle_command(bundle, ["train.json", "inference.json"], over, python)
+    """``onenet-med predict`` of ``inputs`` with the bundle trained under ``overrides`` (its ``bundle_root``'s
+    ``models/model.pt``) into ``output_dir``: one ``<case>_seg.nii.gz`` per input, in the input's geometry."""
+    root = Path(overrides.get("bundle_root", bundle))
+    cmd = [python or sys.executable, "-m", "onenet_med", "predict", "--bundle", os.fspath(bundle)]
+    cmd += ["--checkpoint", str(root / "models" / "model.pt"), "--output", os.fspath(output_dir)]
+    cmd += ["--overwrite", "--no-progress"]
+    for key, value in overrides.items():  # the same config as in training: network, width, sizes
+        cmd += ["--override", f"{key}={json.dumps(value)}"]
+    return cmd + [os.fspath(p) for p in inputs]
 
 
 class Console:
