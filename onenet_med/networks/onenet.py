@@ -62,7 +62,21 @@ def check_common_args(spatial_dims: int, in_channels: int, out_channels: int, le
         raise ValueError(f"levels must be between 1 and 6 (the paper uses 4 and 5), got {levels}.")
 
 
-class OneNetEDDecoder(nn.Module):
+class _SkipDecoder(nn.Module):
+    """Runs ``self.stages`` (an ``nn.ModuleList`` set by the subclass) deepest first, each with its encoder skip
+    (the top stages have none), then ``self.head``."""
+
+    def decode(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        n = len(skips)
+        for i, stage in enumerate(self.stages):
+            if i < n:
+                x = stage(x, skips[n - 1 - i])
+            else:
+                x = stage(x, None)
+        return self.head(x)
+
+
+class OneNetEDDecoder(_SkipDecoder):
     """OneNet-ed decoder: bottleneck dense -> pixel-shuffle stages -> 1x1 head.
 
     ``forward(x, skips)``: ``x`` the deepest encoder output ``(B, w_L, H/2^L, W/2^L)``; ``skips`` the outputs
@@ -82,17 +96,10 @@ class OneNetEDDecoder(nn.Module):
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = self.bottleneck(x)
-        n = len(skips)
-        for i, stage in enumerate(self.stages):
-            if i < n:
-                x = stage(x, skips[n - 1 - i])
-            else:
-                x = stage(x, None)
-        return self.head(x)
+        return self.decode(self.bottleneck(x), skips)
 
 
-class OneNetEDecoder(nn.Module):
+class OneNetEDecoder(_SkipDecoder):
     """OneNet-e decoder: the standard 2D U-Net decoder (transposed conv + two 3x3 conv blocks per stage).
 
     The top stage has no skip and no norm/act; the head is a 3x3 convolution. Same ``forward`` as
@@ -119,13 +126,7 @@ class OneNetEDecoder(nn.Module):
         self.head = conv_block_2d(widths[0], out_channels, conv_only=True)
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        n = len(skips)
-        for i, stage in enumerate(self.stages):
-            if i < n:
-                x = stage(x, skips[n - 1 - i])
-            else:
-                x = stage(x, None)
-        return self.head(x)
+        return self.decode(x, skips)
 
 
 class OneNet(nn.Module):
