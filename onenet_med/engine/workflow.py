@@ -126,14 +126,18 @@ def get_inferer(task: str | TaskSpec, sw_batch_size: int = 32, **kwargs: Any) ->
 def inference_datalist(
     task: str | TaskSpec, dataset_dir: str | os.PathLike | None = None, input_files: Sequence[str] | None = None
 ) -> list[dict]:
-    """Items to predict: ``input_files`` when given (files or folders of images), else the dataset's test split.
+    """Items to predict: ``input_files`` when given (files, folders of images or an MSD dataset.json, as
+    ``onenet-med predict`` takes them), else the dataset's test split.
 
     Every file is checked (exists, readable, right channel count) before inference starts; problems raise
     :class:`onenet_med.data.DataValidationError` naming the files.
     """
     spec = get_task(task)
     if input_files:
-        items = [{"image": str(path)} for path in _expand_inputs(input_files, spec)]
+        from onenet_med.inference.predictor import IMAGE_SUFFIXES, expand_inputs
+
+        suffixes = IMAGE_SUFFIXES if spec.is_volume else (".png", ".jpg", ".jpeg")
+        items = [{"image": path} for path in expand_inputs(input_files, suffixes)]
     else:
         if dataset_dir is None or not os.path.exists(dataset_dir):
             raise FileNotFoundError(f"no input_files given and dataset_dir {dataset_dir!r} does not exist")
@@ -144,20 +148,6 @@ def inference_datalist(
         raise ValueError(f"nothing to predict: no images in {input_files or dataset_dir}{hint}")
     validate_datalist(task, items, level="header")
     return items
-
-
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
-
-
-def _expand_inputs(inputs: Sequence[str], spec: TaskSpec) -> list[str]:
-    files: list[str] = []
-    for entry in [inputs] if isinstance(inputs, str) else inputs:
-        path = Path(entry)
-        if path.is_dir():
-            files += sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(_IMAGE_SUFFIXES))
-        else:
-            files.append(str(path))
-    return files
 
 
 def inference_postprocessing(

@@ -84,9 +84,11 @@ def output_name(path: str | os.PathLike, postfix: str = "seg", ext: str | None =
     return f"{stem}_{postfix}{ext}"
 
 
-def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Image files to predict from a mix of files, folders (their volume files, sorted, hidden files skipped)
-    and MSD ``dataset.json`` files (their ``test`` list, relative to the json's folder).
+def expand_inputs(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike], suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+) -> list[str]:
+    """Image files to predict from a mix of files, folders (their files ending in ``suffixes``, sorted, hidden
+    files skipped) and MSD ``dataset.json`` files (their ``test`` list, relative to the json's folder).
 
     Files are not opened here: a missing or corrupt file fails on its own when it is predicted.
 
@@ -103,7 +105,7 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             files += sorted(
                 str(p)
                 for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
+                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes)
             )
         elif path.suffix.lower() == ".json":
             try:
