@@ -12,7 +12,7 @@ NOTEBOOKS = os.path.join(REPO_ROOT, "notebooks")
 NAMES = ["01_quickstart", "02_compare_models", "03_slicewise_inference"]
 
 
-def test_notebooks_are_committed_without_outputs_and_mark_the_prediction_switch():
+def test_notebooks_are_committed_without_outputs_and_predict_through_the_api():
     assert sorted(f[:-6] for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb")) == NAMES
     for name in NAMES:
         nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
@@ -24,8 +24,8 @@ def test_notebooks_are_committed_without_outputs_and_mark_the_prediction_switch(
         assert "ONENET_SMALL" in source
         # only the public API: no private names of the package
         assert not re.search(r"onenet_med(\.\w+)*\._\w+|from onenet_med\S* import _", source), name
-        if name != "02_compare_models":  # the notebooks that predict mark the cell to switch to the predict API
-            assert "# PREDICT-API" in source
+        if name != "02_compare_models":  # the notebooks that predict use the prediction API
+            assert "from onenet_med.inference import Predictor" in source and "predict_volume(" in source
 
 
 @pytest.mark.slow
