@@ -4,7 +4,7 @@ For each network the bundle's own configs run as separate ``python -m monai.bund
 overrides shared by all networks (the budget: epochs, iterations per epoch, batch, lr, schedule, width):
 
 1. ``train.json`` -> ``<out>/runs/<network>/models/model.pt`` (best validation Dice) and TensorBoard curves;
-2. ``train.json`` + ``evaluate.json`` -> ``<out>/runs/<network>/output/eval/metrics.json`` on the held-out split;
+2. ``train.json`` + ``evaluate.json`` -> ``<out>/runs/<network>/output/metrics.json`` on the held-out split;
 3. ``onenet-med predict`` on one held-out volume -> ``<out>/predictions/<network>/<case>_seg.nii.gz``
    (slice-wise prediction in the input's geometry, :func:`prediction_command`).
 
@@ -588,7 +588,7 @@ def _network_results(
     """One network's entry of ``results.json``: metrics, curves, training speed, prediction path."""
     from onenet_med.report.curves import read_run_curves
 
-    with open(run_dir / "output" / "eval" / "metrics.json") as f:
+    with open(run_dir / "output" / "metrics.json") as f:
         metrics = json.load(f)
     curves = read_run_curves(run_dir / "output", ckpt_dir=run_dir / "models")
     best = curves.best("val_mean_dice") or curves.best("dice")

@@ -121,7 +121,7 @@ def test_train_evaluate_infer(bundle, tmp_path):
     } <= set(latest)
 
     run(workflow(bundle, "eval", tmp_path, dataset_dir))
-    eval_dir = tmp_path / "bundle" / "output" / "eval"
+    eval_dir = tmp_path / "bundle" / "output"  # output_dir/metrics.json
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     for key in ("ce", "dice", "miou", "map50"):
         assert isinstance(metrics[key], float), key
