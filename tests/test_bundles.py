@@ -20,7 +20,7 @@ from tests.conftest import REPO_ROOT
 from tests.data_trees import make_msd_task, make_pets_tree, make_voc_tree, save_nifti
 
 BUNDLES_DIR = Path(REPO_ROOT) / "bundles"
-BUNDLES = ["onenet_heart", "onenet_brain", "onenet_lung", "onenet_voc", "onenet_pets"]
+BUNDLES = ["onenet_heart", "onenet_brain", "onenet_lung", "onenet_voc", "onenet_pets", "onenet_demo"]
 CONFIG_FILES = {
     "train": ["train.json"],
     "eval": ["train.json", "evaluate.json"],
