@@ -44,6 +44,7 @@ __all__ = [
     "count_flops",
     "peak_memory_bytes",
     "measure_latency",
+    "receptive_field",
     "profile_networks",
     "format_table",
     "write_json",
@@ -208,6 +209,58 @@ def measure_latency(
     finally:
         torch.set_num_threads(previous)
     return times
+
+
+def _span(mask: torch.Tensor) -> tuple[int, int]:
+    """First and last index where the 1D ``mask`` is true; (-1, -1) if nowhere."""
+    where = mask.nonzero().flatten()
+    return (int(where.min()), int(where.max())) if where.numel() else (-1, -1)
+
+
+def receptive_field(
+    net: nn.Module, shape: Sequence[int] = (1, 3, 256, 256), pixel: tuple[int, int] | None = None, inputs: int = 2
+) -> dict[str, Any]:
+    """Measured receptive field of one output pixel: the input pixels that change its logits (gradient probe).
+
+    The gradient of the pixel's summed logits with respect to the input is taken in eval mode on a copy of the
+    network whose ReLUs are made leaky (slope 0.01), so that units inactive at this initialisation or input do
+    not hide a connection (a spatial layer of the -S variant is often dead at initialisation); an input pixel
+    belongs to the field when any of ``inputs`` random images gives it a non-zero gradient.
+
+    Args:
+        net: the network (not modified).
+        shape: input shape ``(1, C, H, W)``.
+        pixel: the output pixel ``(row, col)``; default the centre ``(H // 2, W // 2)``.
+        inputs: random inputs whose fields are united.
+
+    Returns:
+        ``pixel``, ``rows`` and ``cols`` (first and last row/column of the field), ``height``, ``width`` (of its
+        bounding box), ``fraction`` (share of the image's pixels in the field) and ``whole_image`` (every pixel).
+    """
+    import copy
+
+    _, _, h, w = shape
+    row, col = pixel if pixel is not None else (h // 2, w // 2)
+    probe = copy.deepcopy(net).eval()
+    for module in list(probe.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, nn.LeakyReLU(0.01))
+    field = torch.zeros(h, w, dtype=torch.bool)
+    for _ in range(inputs):
+        x = torch.randn(*shape, requires_grad=True)
+        probe(x)[0, :, row, col].sum().backward()
+        field |= x.grad[0].abs().sum(0) > 0
+    (r0, r1), (c0, c1) = _span(field.any(1)), _span(field.any(0))
+    return {
+        "pixel": (row, col),
+        "rows": (r0, r1),
+        "cols": (c0, c1),
+        "height": r1 - r0 + 1 if r0 >= 0 else 0,
+        "width": c1 - c0 + 1 if c0 >= 0 else 0,
+        "fraction": float(field.float().mean()),
+        "whole_image": bool(field.all()),
+    }
 
 
 def profile_networks(

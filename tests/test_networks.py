@@ -61,7 +61,8 @@ def literal_spatial_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 def test_list_networks_names():
     expected = ["onenet_e4", "onenet_e4_s", "onenet_e5", "onenet_e5_s"]
-    expected += ["onenet_ed4", "onenet_ed4_s", "onenet_ed5", "onenet_ed5_s"] + BASELINE_NAMES
+    expected += ["onenet_ed4", "onenet_ed4_s", "onenet_ed5", "onenet_ed5_s"]
+    expected += ["onenet_ed4_ctx", "onenet_ed5_ctx", "onenet_ed4_ctxd", "onenet_ed4_ctxp"] + BASELINE_NAMES
     assert list_networks() == expected
 
 

@@ -51,6 +51,10 @@ for _variant in ("e", "ed"):
             OneNet,
             {"variant": _variant, "levels": _levels, "spatial_kernel": 9},
         )
+for _levels in (4, 5):
+    _REGISTRY[f"onenet_ed{_levels}_ctx"] = (OneNet, {"variant": "ed", "levels": _levels, "context": "axial"})
+_REGISTRY["onenet_ed4_ctxd"] = (OneNet, {"variant": "ed", "levels": 4, "context": "axial_dense"})  # dev candidate
+_REGISTRY["onenet_ed4_ctxp"] = (OneNet, {"variant": "ed", "levels": 4, "context": "pool"})  # dev candidate
 _REGISTRY.update(
     {
         "unet4": (UNet, {"levels": 4}),

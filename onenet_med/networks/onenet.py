@@ -172,6 +172,7 @@ class OneNet(nn.Module):
         norm: tuple | str | None = "batch",
         dropout: float = 0.0,
         adn_ordering: str = "AN",
+        context: str | None = None,
     ) -> None:
         super().__init__()
         check_common_args(spatial_dims, in_channels, out_channels, levels, features)
@@ -205,6 +206,9 @@ class OneNet(nn.Module):
         self.encoder = nn.ModuleList(
             [OneNetDownBlock(widths[i], widths[i + 1], spatial_kernel, **kw) for i in range(levels)]
         )
+        from onenet_med.networks.context import context_block
+
+        self.context = context_block(context, widths[levels], act, norm, adn_ordering)
         if variant == "ed":
             self.decoder: nn.Module = OneNetEDDecoder(widths, out_channels, spatial_kernel, **kw)
         else:
@@ -221,5 +225,5 @@ class OneNet(nn.Module):
             x = level(x)
             skips.append(x)
         skips.pop()  # the deepest output is the decoder's input, not a skip
-        y = self.decoder(x, skips)
+        y = self.decoder(self.context(x), skips)
         return y[:, :, :h, :w].contiguous()
