@@ -42,7 +42,7 @@ from onenet_med.networks import get_network  # noqa: E402
 TASKS = ("halves", "landmark")
 #: a short run that separates the networks on 2 CPU cores (see the module docstring)
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "halves": {"steps": 300, "batch_size": 16, "learning_rate": 3e-3, "features": 8},
+    "halves": {"steps": 200, "batch_size": 16, "learning_rate": 3e-3, "features": 8},
     "landmark": {"steps": 400, "batch_size": 16, "learning_rate": 3e-3, "features": 8},
 }
 
@@ -58,7 +58,7 @@ def _randint(high: int, generator: torch.Generator) -> int:
 
 
 def halves_batch(
-    n: int, generator: torch.Generator, height: int = 32, width: int = 64, patch: int = 10, patches: int = 2
+    n: int, generator: torch.Generator, height: int = 64, width: int = 64, patch: int = 12, patches: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` images ``(n, 1, height, width)`` and labels ``(n, height, width)`` of the ``halves`` task."""
     image = 0.5 * torch.randn(n, 1, height, width, generator=generator)

@@ -23,6 +23,7 @@ from onenet_med.networks import (
 from onenet_med.networks.blocks import pixel_unshuffle_cl
 
 ONENET_NAMES = [f"onenet_{v}{lv}{s}" for v in ("e", "ed") for lv in (4, 5) for s in ("", "_s")]
+CONTEXT_NAMES = ["onenet_ed4_ctx", "onenet_ed5_ctx"]  # beyond the paper: tests/test_networks_context.py
 BASELINE_NAMES = ["unet4", "unet5", "mobilenet_unet4", "resnet34_unet", "resnet50_unet", "basicunet"]
 SMALL = {"features": 8}  # small widths keep the suite fast; structure is unchanged
 
@@ -138,7 +139,7 @@ def literal_onenet(net: OneNet, x: torch.Tensor) -> torch.Tensor:
 def test_list_networks_names():
     expected = ["onenet_e4", "onenet_e4_s", "onenet_e5", "onenet_e5_s"]
     expected += ["onenet_ed4", "onenet_ed4_s", "onenet_ed5", "onenet_ed5_s"]
-    expected += ["onenet_ed4_ctx", "onenet_ed5_ctx", "onenet_ed4_ctxd", "onenet_ed4_ctxp"] + BASELINE_NAMES
+    expected += CONTEXT_NAMES + BASELINE_NAMES
     assert list_networks() == expected
 
 
@@ -226,7 +227,7 @@ def test_spatial_layers_hold_ten_parameters_each():
 SHAPE_CASES = (
     [
         (name, 3, 4, (2, 250, 190))
-        for name in ONENET_NAMES  # odd, non-multiple sizes
+        for name in ONENET_NAMES + CONTEXT_NAMES  # odd, non-multiple sizes
     ]
     + [
         ("onenet_ed5", 3, 2, (1, 240, 240)),  # 240 is not a multiple of 32
@@ -427,7 +428,7 @@ def test_whole_network_equals_literal_formulation(name, bhw):
 # ---------------------------------------------------------------- gradients: no dead weights
 
 
-@parameterized.expand([(name,) for name in ONENET_NAMES] + [(name,) for name in ("unet4", "mobilenet_unet4")])
+@parameterized.expand([(name,) for name in ONENET_NAMES + CONTEXT_NAMES + ["unet4", "mobilenet_unet4"]])
 def test_every_parameter_gets_a_gradient(name):
     net = small_network(name, 3, 4).train()
     x = torch.randn(2, 3, 48, 40)
@@ -505,7 +506,7 @@ def test_e_variant_reaches_beyond_the_block():
 # ---------------------------------------------------------------- TorchScript
 
 
-@parameterized.expand([(name,) for name in ONENET_NAMES + BASELINE_NAMES])
+@parameterized.expand([(name,) for name in ONENET_NAMES + CONTEXT_NAMES + BASELINE_NAMES])
 def test_torchscript_round_trip(name):
     net = small_network(name, 3, 2).eval()
     scripted = torch.jit.script(net)

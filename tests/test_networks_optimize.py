@@ -11,10 +11,17 @@ import torch.nn.functional as F
 from parameterized import parameterized
 from torch import nn
 
-from onenet_med.networks import OneNet, get_network, optimize_for_inference, register_inference_converter
+from onenet_med.networks import (
+    AxialContext,
+    OneNet,
+    get_network,
+    optimize_for_inference,
+    register_inference_converter,
+)
 from onenet_med.networks.optimize import FastConv2d, _use_onednn
 
 ONENET_NAMES = [f"onenet_{v}{lv}{s}" for v in ("e", "ed") for lv in (4, 5) for s in ("", "_s")]
+ONENET_NAMES += ["onenet_ed4_ctx", "onenet_ed5_ctx"]  # image-wide context at the deepest level
 TOLERANCE = 1e-4
 
 
@@ -191,11 +198,21 @@ def test_unknown_modules_are_kept_in_eval_mode():
     assert isinstance(fast.context, Context) and not fast.context.training
     assert isinstance(fast.stem[0], FastConv2d)
     assert_same_logits(plain.eval(), fast, smooth_image(2, 3, 20, 12))
-    # the context block sits between the encoder and the bottleneck: the folds across blocks were checked,
-    # found wrong and dropped (the deepest level keeps its clamp); the plain OneNet keeps them
-    assert fast.encoder[-1].refine.clamp and fast.stem[-1].clamp
+    # the context block sits between the encoder and the bottleneck: the deepest level keeps its clamp, the
+    # other folds across blocks stay; the plain OneNet folds them all
+    assert fast.encoder[-1].refine.clamp and not fast.stem[-1].clamp and not fast.encoder[0].refine.clamp
     plain_onenet = optimize_for_inference(trained_like(OneNet(2, 3, 4, variant="ed", levels=2, features=8)))
     assert not plain_onenet.encoder[-1].refine.clamp and not plain_onenet.stem[-1].clamp
+
+
+def test_context_network_keeps_the_folds_around_its_context_block():
+    plain = build("onenet_ed4_ctx")
+    fast = optimize_for_inference(plain)
+    assert_same_logits(plain, fast, smooth_image(2, 3, 50, 37))
+    assert isinstance(fast.context, AxialContext) and not fast.context.training
+    # the context block reads the deepest level: that level keeps its clamp; the stem and the other levels fold
+    assert fast.encoder[-1].refine.clamp
+    assert not fast.stem[-1].clamp and not any(level.refine.clamp for level in fast.encoder[:-1])
 
 
 def test_register_inference_converter():
@@ -303,7 +320,7 @@ def _onnx_equals_plain(plain: nn.Module, fast: nn.Module, tmp_path, dynamo: bool
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("name", ["onenet_ed4", "onenet_ed4_s", "onenet_e4", "onenet_e5_s"])
+@pytest.mark.parametrize("name", ["onenet_ed4", "onenet_ed4_s", "onenet_e4", "onenet_e5_s", "onenet_ed4_ctx"])
 def test_onnx_of_optimized_equals_plain(name, tmp_path):
     plain = build(name)
     _onnx_equals_plain(plain, optimize_for_inference(plain), tmp_path, dynamo=False)

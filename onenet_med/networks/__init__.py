@@ -8,6 +8,8 @@ name                    network
 onenet_e4, onenet_e5    OneNet-e (1D encoder + 2D U-Net decoder), 4 / 5 levels, channel-only (-C)
 onenet_ed4, onenet_ed5  OneNet-ed (1D encoder + pixel-shuffle 1D decoder), 4 / 5 levels, -C
 ``..._s``               the same with the k = 9 spatial layers (-S, the paper's Table 3)
+onenet_ed4_ctx, ..5_ctx OneNet-ed -C with image-wide context at the deepest level (``context=True``; beyond
+                        the paper): every output pixel sees the whole image
 unet4, unet5            vanilla U-Net, 4 / 5 levels, base width 64
 mobilenet_unet4         U-Net with depthwise-separable (MobileNet) blocks, 4 levels
 resnet34_unet           MONAI FlexibleUNet, ResNet34 encoder, from scratch
@@ -25,11 +27,13 @@ from typing import Any
 from torch import nn
 
 from onenet_med.networks.blocks import ChannelDense, OneNetDownBlock, OneNetUpBlock, SpatialConv1d, UNetUpBlock
+from onenet_med.networks.context import AxialContext
 from onenet_med.networks.onenet import OneNet
 from onenet_med.networks.optimize import optimize_for_inference, register_inference_converter
 from onenet_med.networks.unet import PaddedNet, ResNetUNet, UNet, basic_unet
 
 __all__ = [
+    "AxialContext",
     "ChannelDense",
     "OneNet",
     "OneNetDownBlock",
@@ -55,9 +59,7 @@ for _variant in ("e", "ed"):
             {"variant": _variant, "levels": _levels, "spatial_kernel": 9},
         )
 for _levels in (4, 5):
-    _REGISTRY[f"onenet_ed{_levels}_ctx"] = (OneNet, {"variant": "ed", "levels": _levels, "context": "axial"})
-_REGISTRY["onenet_ed4_ctxd"] = (OneNet, {"variant": "ed", "levels": 4, "context": "axial_dense"})  # dev candidate
-_REGISTRY["onenet_ed4_ctxp"] = (OneNet, {"variant": "ed", "levels": 4, "context": "pool"})  # dev candidate
+    _REGISTRY[f"onenet_ed{_levels}_ctx"] = (OneNet, {"variant": "ed", "levels": _levels, "context": True})
 _REGISTRY.update(
     {
         "unet4": (UNet, {"levels": 4}),

@@ -38,6 +38,7 @@ from onenet_med.networks.blocks import (
     conv_block_2d,
     pad_to_multiple,
 )
+from onenet_med.networks.context import AxialContext
 
 __all__ = ["OneNet", "OneNetEDDecoder", "OneNetEDecoder", "VARIANTS", "check_common_args"]
 
@@ -172,7 +173,7 @@ class OneNet(nn.Module):
         norm: tuple | str | None = "batch",
         dropout: float = 0.0,
         adn_ordering: str = "AN",
-        context: str | None = None,
+        context: bool = False,
     ) -> None:
         super().__init__()
         check_common_args(spatial_dims, in_channels, out_channels, levels, features)
@@ -192,6 +193,10 @@ class OneNet(nn.Module):
             raise ValueError(f"adn_ordering must be one of {ADN_ORDERINGS}, got {adn_ordering!r}.")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        if not isinstance(context, bool):
+            raise ValueError(
+                f"context must be True or False (image-wide context at the deepest level), got {context!r}."
+            )
 
         self.variant = variant
         self.in_channels = in_channels
@@ -206,9 +211,10 @@ class OneNet(nn.Module):
         self.encoder = nn.ModuleList(
             [OneNetDownBlock(widths[i], widths[i + 1], spatial_kernel, **kw) for i in range(levels)]
         )
-        from onenet_med.networks.context import context_block
-
-        self.context = context_block(context, widths[levels], act, norm, adn_ordering)
+        # image-wide mixing of the deepest level (beyond the paper); off: no module, no parameters
+        self.context = (
+            AxialContext(widths[levels], act=act, norm=norm, adn_ordering=adn_ordering) if context else nn.Identity()
+        )
         if variant == "ed":
             self.decoder: nn.Module = OneNetEDDecoder(widths, out_channels, spatial_kernel, **kw)
         else:

@@ -566,7 +566,10 @@ def _fold_across_blocks(net: OneNet) -> OneNet:
         return net
     if isinstance(decoder, FastEDDecoder):
         stages = [*decoder.stages, decoder.top]
-        deepest = [(decoder.bottleneck, 0)]
+        # OneNet(context=True): the context block reads the deepest level first, through a position-dependent
+        # (zero-padded) mixing that an input affine cannot pass; so that level keeps its clamp
+        direct = isinstance(getattr(trial, "context", None), (nn.Identity, type(None)))
+        deepest = [(decoder.bottleneck, 0)] if direct else []
     else:  # the e-variant decoder reads the encoder through zero-padded 3x3 and transposed convolutions
         stages, deepest = [], []
 
