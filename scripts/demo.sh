@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's first command. On a fresh clone: create the virtual environment, install the CPU build of torch and
 # the package with its `demo` extra, build the real demo dataset (MNI152 brain tissue, from files shipped in the
-# nilearn wheel: no download), train onenet_ed4 and the unet4 baseline through the onenet_demo bundle with a
-# CPU-sized budget, evaluate both on the held-out case, predict one volume slice by slice, and write
-# reports/demo/ (report.md, PNG plots, predicted NIfTI). About 15 minutes on 2 CPU cores.
+# nilearn wheel: no download), train onenet_ed4, the unet4 baseline and onenet_ed4_ctx (OneNet-ed with image-wide
+# context, docs/networks.md) through the onenet_demo bundle with a CPU-sized budget, evaluate them on the held-out
+# case, predict one volume slice by slice, and write reports/demo/ (report.md, PNG plots, predicted NIfTI).
+# About 15 minutes on 2 CPU cores (onenet_ed4_ctx trains after onenet_ed4, while unet4 still trains).
 #
 # Environment (all optional):
 #   ONENET_VENV=.venv            virtual environment to create or reuse
@@ -12,6 +13,8 @@
 #   ONENET_DEMO_OUT=reports/demo report folder
 #   ONENET_DEMO_DATA=data/Task00_MNI152Tissue
 #   ONENET_SMALL=1               tiny settings (coarse data, width 4, 2 epochs of 2 iterations): a smoke test
+#   ONENET_DEMO_NETWORKS="onenet_ed4 unet4 onenet_ed4_ctx"
+#                                networks to compare (the first two alone: the shorter run of the README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -57,15 +60,17 @@ if [ ! -f "$DATA/dataset.json" ]; then
     "$PY" "${DATA_CMD[@]}"
 fi
 
+# onenet_ed4 and unet4 start side by side; onenet_ed4_ctx takes onenet_ed4's slot when it is done
+read -r -a NETWORKS <<< "${ONENET_DEMO_NETWORKS:-onenet_ed4 unet4 onenet_ed4_ctx}"
 CHECKS=()
 if [ "${ONENET_SMALL:-0}" != "1" ]; then
     CHECKS=(--check "onenet_ed4:dice_grey matter>=0.85" --check "onenet_ed4:dice_white matter>=0.85"
             --check "onenet_ed4:dice>=0.75")
 fi
-echo "[demo] training onenet_ed4 and unet4 (width $WIDTH, $EPOCHS epochs x $ITERS iterations, $THREADS thread(s) each)"
+echo "[demo] training ${NETWORKS[*]} (width $WIDTH, $EPOCHS epochs x $ITERS iterations, $THREADS thread(s) each)"
 set +e
 OMP_NUM_THREADS="$THREADS" "$PY" -m onenet_med compare \
-    --bundle bundles/onenet_demo --networks onenet_ed4 unet4 --out "$OUT" --dataset-dir "$DATA" \
+    --bundle bundles/onenet_demo --networks "${NETWORKS[@]}" --out "$OUT" --dataset-dir "$DATA" \
     --width "$WIDTH" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" --batch-size 8 \
     --set learning_rate=0.001 --set lr_schedule=cosine --set val_interval="$VAL" --set bn_refresh_batches=4 \
     --set num_workers=0 --jobs 2 --threads "$THREADS" "${CHECKS[@]}" \

@@ -26,7 +26,7 @@ def test_demo_script_small_settings(tmp_path, subprocess_env):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"[demo] report: {tmp_path / 'report'}/report.md" in proc.stdout
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert list(results["networks"]) == ["onenet_ed4", "unet4"]
+    assert list(results["networks"]) == ["onenet_ed4", "unet4", "onenet_ed4_ctx"]
     assert results["settings"]["jobs"] == 2 and results["settings"]["width"] == 4
     assert results["setup_commands"][0].endswith(f"data demo --out {tmp_path / 'Task00_MNI152Tissue'} --step 4")
     for name, entry in results["networks"].items():
