@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from parameterized import parameterized
 
 from onenet_med.networks import AxialContext, OneNet, get_network
-from onenet_med.networks.context import toeplitz
+from onenet_med.networks.context import axial_mix, axial_mix_matmul, toeplitz
 from onenet_med.profiling import count_parameters, receptive_field
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,24 +52,37 @@ def axial_reference(x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor)
 # ---------------------------------------------------------------- the block
 
 
+MIX_CASES = [
+    # channels, reach, batch, h, w: reach covering the axes, reach shorter than the axes (outer taps shared),
+    # a single row / column, a 1 x 1 map, a non-square map
+    (6, 8, 2, 5, 7),
+    (4, 2, 1, 9, 6),
+    (3, 4, 2, 1, 11),
+    (5, 1, 1, 6, 1),
+    (2, 3, 1, 1, 1),
+]
+
+
 @parameterized.expand(
-    [
-        # channels, reach, batch, h, w: reach covering the axes, reach shorter than the axes (outer taps shared),
-        # a single row / column, a non-square map
-        (6, 8, 2, 5, 7),
-        (4, 2, 1, 9, 6),
-        (3, 4, 2, 1, 11),
-        (5, 1, 1, 6, 1),
-    ]
+    [(f"{fn.__name__}_{i}", fn, *case) for fn in (axial_mix, axial_mix_matmul) for i, case in enumerate(MIX_CASES)]
 )
-def test_axial_mixing_equals_reference_sums(channels, reach, b, h, w):
+def test_axial_mixing_equals_reference_sums(_, mix, channels, reach, b, h, w):
     block = AxialContext(channels, reach=reach)
     x = torch.randn(b, channels, h, w)
     expected = axial_reference(x, block.taps_h, block.taps_w)
-    torch.testing.assert_close(block.mix(x), expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(
-        block.mix(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-5
-    )
+    torch.testing.assert_close(mix(x, block.taps_h, block.taps_w), expected, rtol=1e-4, atol=1e-5)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(mix(x_cl, block.taps_h, block.taps_w), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_block_uses_the_matmul_form_under_tracing():
+    block = AxialContext(3, reach=2).eval()
+    traced = torch.jit.trace(block, torch.randn(1, 3, 4, 5))
+    graph = str(traced.inlined_graph)
+    assert "aten::_convolution" not in graph and "aten::matmul" in graph
+    x = torch.randn(2, 3, 7, 6)  # another size than the trace's
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), block(x), rtol=1e-4, atol=1e-5)
 
 
 @parameterized.expand([(3, 4, 5), (2, 8, 8), (4, 3, 1)])

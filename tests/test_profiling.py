@@ -21,6 +21,7 @@ from onenet_med.profiling import (
     parameter_bytes,
     peak_memory_bytes,
     profile_networks,
+    receptive_field,
     write_json,
 )
 
@@ -166,3 +167,45 @@ def test_cli_profile_rejects_unknown_network(capsys):
     assert main(["profile", "--networks", "nnunet"]) == 2
     out = capsys.readouterr().out
     assert "unknown network(s) nnunet" in out and "onenet_ed4" in out
+
+
+def _conv_stack(kernels: list[int], bias: float = 0.0) -> nn.Module:
+    layers: list[nn.Module] = []
+    for i, k in enumerate(kernels):
+        conv = nn.Conv2d(3 if i == 0 else 2, 2, k, padding=k // 2)
+        nn.init.constant_(conv.bias, bias)
+        layers += [conv, nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+@parameterized.expand(
+    [
+        # kernels, output pixel, expected rows, cols: fields add up (k1 + k2 - 1), clipped at the border
+        ([3], (5, 6), (4, 6), (5, 7)),
+        ([3, 5], (5, 6), (2, 8), (3, 9)),
+        ([1], (0, 0), (0, 0), (0, 0)),
+        ([3, 3], (0, 11), (0, 2), (9, 11)),
+    ]
+)
+def test_receptive_field_of_convolution_stacks(kernels, pixel, rows, cols):
+    field = receptive_field(_conv_stack(kernels), (1, 3, 10, 12), pixel)
+    assert field["rows"] == rows and field["cols"] == cols
+    assert field["height"] == rows[1] - rows[0] + 1 and field["width"] == cols[1] - cols[0] + 1
+    assert field["fraction"] == pytest.approx(field["height"] * field["width"] / 120)
+    assert not field["whole_image"]
+
+
+def test_receptive_field_sees_through_dead_relus_and_leaves_the_network_alone():
+    net = _conv_stack([3, 3], bias=-100.0)  # every ReLU inactive: the plain gradient is zero everywhere
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    net(x)[0, :, 4, 4].sum().backward()
+    assert x.grad.abs().sum() == 0
+    field = receptive_field(net, (1, 3, 8, 8), (4, 4))
+    assert (field["height"], field["width"]) == (5, 5)
+    assert isinstance(net[1], nn.ReLU) and net.training  # the probe used a copy
+
+
+def test_receptive_field_whole_image():
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Upsample(size=(6, 7)))
+    field = receptive_field(net, (1, 3, 6, 7), (0, 0))
+    assert field["whole_image"] and field["fraction"] == 1.0 and (field["height"], field["width"]) == (6, 7)
