@@ -158,6 +158,17 @@ def test_pets_breed_override(tmp_path):
     assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
 
 
+@pytest.mark.parametrize("bundle", ["onenet_heart", "onenet_pets"])
+def test_context_network_by_name(bundle, tmp_path):
+    """``--network_name onenet_ed4_ctx`` trains, evaluates and infers in a bundle (its block in the checkpoint)."""
+    dataset_dir = make_dataset(bundle, tmp_path / "data")
+    run(workflow(bundle, "train", tmp_path, dataset_dir, network_name="onenet_ed4_ctx"))
+    weights = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
+    assert {"context.taps_h", "context.taps_w", "context.offset"} <= set(weights)
+    run(workflow(bundle, "eval", tmp_path, dataset_dir, network_name="onenet_ed4_ctx"))
+    assert 0 <= json.loads((tmp_path / "bundle" / "output" / "metrics.json").read_text())["dice"] <= 1
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     """1 epoch + resume 1 epoch gives the weights of 2 uninterrupted epochs."""
     dataset_dir = make_dataset("onenet_heart", tmp_path / "data")

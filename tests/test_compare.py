@@ -105,6 +105,7 @@ def test_check_passes(measured, check, passed):
         ("basicunet", 16, {"network_name": "basicunet", "network_def#features": (16, 16, 32, 64, 128, 16)}),
         ("resnet34_unet", 16, {"network_name": "resnet34_unet"}),  # no width setting
         ("onenet_e4", None, {"network_name": "onenet_e4"}),
+        ("onenet_ed4_ctx", 8, {"network_name": "onenet_ed4_ctx", "network_def#features": 8}),
     ],
 )
 def test_network_overrides(name, width, expected):
