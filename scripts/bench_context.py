@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed passes per network and thread count")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=256, help="latency input 1x3xSxS")
+    parser.add_argument("--width", type=int, default=64, help="base width (features) of the networks")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [p for p in PAIRS if int(p[0][-1]) in args.levels]
     names = [n for p in pairs for n in p]
     torch.manual_seed(0)
-    nets = {n: get_network(n, 3, 4).eval() for n in names}
+    nets = {n: get_network(n, 3, 4, features=args.width).eval() for n in names}
     size = {n: {"params": count_parameters(net)} for n, net in nets.items()}
     for n, net in nets.items():
         for s in (256, 512):
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     load_end = os.getloadavg()[0]
 
     print(
-        f"input 1x3x{args.size}x{args.size}, {args.repeats} interleaved passes per network, {args.clock} clock, "
+        f"width {args.width}, input 1x3x{args.size}x{args.size}, {args.repeats} interleaved passes per network, "
+        f"{args.clock} clock, "
         f"load average {load_start:.2f} at the start, {load_end:.2f} at the end"
     )
     head = f"{'network':16s} {'params':>11s} {'GFLOPs@256':>11s} {'GFLOPs@512':>11s}"
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(
             {
                 "size": args.size,
+                "width": args.width,
                 "repeats": args.repeats,
                 "clock": args.clock,
                 "load_average": [load_start, load_end],
