@@ -561,16 +561,10 @@ def _prepare_network(
     network: torch.nn.Module, device: torch.device, optimize: bool, channels_last: bool, compile: bool
 ) -> torch.nn.Module:
     """The module the predictor runs: the inference copy on ``device`` in eval mode, channels-last, compiled."""
-    if optimize:
-        from onenet_med.networks import optimize_for_inference
+    from onenet_med.engine.switches import apply_switches
 
-        network = optimize_for_inference(network)
-    network = network.to(device).eval()
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last)
-    if compile:
-        network = torch.compile(network)
-    return network
+    network = apply_switches(network, optimize=optimize).to(device).eval()
+    return apply_switches(network, channels_last=channels_last, compile=compile)
 
 
 def _axis_index(axis: int | str) -> int:
