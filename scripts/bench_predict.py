@@ -123,7 +123,7 @@ def forward_only(predictor: Predictor, image: str) -> float:
     return time.perf_counter() - start
 
 
-def slice_seconds(predictor: Predictor, image: str, repeats: int = 5) -> float:
+def slice_seconds(predictor: Predictor, image: str, repeats: int = 9) -> float:
     """Median seconds of one batch-1 forward pass on the volume's middle preprocessed slice."""
     img = predictor.preprocessing({"image": image})["image"].as_tensor()
     one = img[None, ..., img.shape[-1] // 2].contiguous().to(predictor.device)  # (1, C, H, W)

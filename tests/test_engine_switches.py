@@ -62,3 +62,13 @@ def test_engine_without_network_is_an_error():
     NetworkSwitches(optimize=True).attach(engine)
     with pytest.raises(ValueError, match="needs an engine with a network"):
         engine.run([0], max_epochs=1)
+
+
+@parameterized.expand([("false", False), ("True", True), ("0", False), (1, True)])
+def test_switch_values_from_the_command_line(value, expected):
+    assert NetworkSwitches(optimize=value).optimize is expected
+
+
+def test_bad_switch_value():
+    with pytest.raises(ValueError, match="compile must be true or false, got 'yes please'"):
+        NetworkSwitches(compile="yes please")

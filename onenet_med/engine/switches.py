@@ -43,6 +43,15 @@ def apply_switches(
     return network
 
 
+def _switch(name: str, value: bool | str) -> bool:
+    """A switch's value; ``"true"``/``"false"`` strings too (``monai.bundle run --compile false`` passes a string)."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    if isinstance(value, (bool, int)):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 class NetworkSwitches:
     """Replace ``engine.network`` when the engine starts (see the module docstring).
 
@@ -52,10 +61,12 @@ class NetworkSwitches:
         compile: ``torch.compile`` the network.
     """
 
-    def __init__(self, optimize: bool = False, channels_last: bool = False, compile: bool = False) -> None:
-        self.optimize = bool(optimize)
-        self.channels_last = bool(channels_last)
-        self.compile = bool(compile)
+    def __init__(
+        self, optimize: bool | str = False, channels_last: bool | str = False, compile: bool | str = False
+    ) -> None:
+        self.optimize = _switch("optimize", optimize)
+        self.channels_last = _switch("channels_last", channels_last)
+        self.compile = _switch("compile", compile)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
