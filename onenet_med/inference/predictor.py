@@ -16,7 +16,8 @@ What happens to one volume (each step is the bundle's own, so results equal ``mo
 1. the bundle's ``preprocessing`` chain (``LoadImaged`` -> channel first -> RAS orientation -> normalisation
    [-> crop / resize] -> pad to a multiple of 32);
 2. MONAI :class:`~monai.inferers.SliceInferer`: 2D slices along the chosen axis (default: axial, the last axis
-   after RAS orientation), ``batch_slices`` slices per forward pass;
+   after RAS orientation), ``batch_slices`` slices per forward pass, through the network's inference copy
+   (:func:`onenet_med.networks.optimize_for_inference`: BatchNorm folded, oneDNN calls on CPU; same logits);
 3. :class:`~monai.transforms.Invertd` undoes the spatial preprocessing, so the label map has the input's shape
    and voxel order. When the chain does not resample (no resize), argmax commutes with the inverse
    (flips, crops and pads only move voxels), so the uint8 label map is inverted instead of the float
@@ -57,6 +58,11 @@ logger = logging.getLogger(__name__)
 
 #: Slicing axes by name (axes of the RAS-oriented volume).
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+#: Default slices per forward pass on CPU. Measured with ``scripts/bench_predict.py --batch-sweep`` (paper-width
+#: onenet_ed4 on 320x320 slices, 1 and 2 threads): batch 1 is the fastest per slice; larger batches run out of
+#: cache and pay for fresh memory pages (docs/benchmarks.md, "Fast inference path").
+CPU_BATCH_SLICES = 1
 
 #: Volume files picked up from folders (NIfTI via nibabel, the rest via SimpleITK).
 IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd", ".nia", ".gipl", ".gipl.gz", ".mnc", ".vtk")
@@ -214,10 +220,23 @@ class Predictor:
             ``LoadImaged("image")``; every spatial step invertible).
         task_spec: the bundle's :class:`onenet_med.data.TaskSpec` (channels, classes, names).
         device: where the network runs (default: CUDA when available, else CPU).
-        batch_slices: slices per forward pass.
+        batch_slices: slices per forward pass (default: :data:`CPU_BATCH_SLICES` on CPU, 32 elsewhere).
         axis: slicing axis of the RAS-oriented volume: 0/1/2 or ``"sagittal"``/``"coronal"``/``"axial"``.
         progress: show a progress bar over the slice batches.
         name: bundle name, for messages.
+        optimize: run the network's inference copy (:func:`onenet_med.networks.optimize_for_inference`; same
+            logits, faster); TorchScript networks are used as they are. ``network`` itself is not changed. On
+            CPU this also lets the C library keep freed memory for the next activations
+            (:func:`onenet_med.engine.switches.retain_freed_cpu_memory`: process-wide; the process keeps its
+            peak memory).
+        amp: mixed precision (``torch.autocast``: float16 on CUDA, bfloat16 on CPU); default on for CUDA only.
+        channels_last: convert the weights and each batch of slices to channels-last memory (the networks of
+            this package convert their input themselves; on GPUs with tensor cores the weights matter).
+        compile: ``torch.compile`` the network (opt-in: the first volume pays for the compilation; on CPU
+            it needs a C++ compiler).
+
+    Attributes:
+        network: the module that runs (the inference copy, possibly compiled).
     """
 
     def __init__(
@@ -226,10 +245,14 @@ class Predictor:
         preprocessing: Any,
         task_spec: Any,
         device: str | torch.device | None = None,
-        batch_slices: int = 32,
+        batch_slices: int | None = None,
         axis: int | str = "axial",
         progress: bool = False,
         name: str = "bundle",
+        optimize: bool = True,
+        amp: bool | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         from monai.transforms import Compose, LoadImaged, Resize, Resized
 
@@ -237,10 +260,20 @@ class Predictor:
 
         if not task_spec.is_volume:
             raise ValueError(_NOT_VOLUME.format(name=name, task=task_spec.name))
+        self.device = torch.device(device) if device is not None else default_device()
+        if batch_slices is None:
+            batch_slices = CPU_BATCH_SLICES if self.device.type == "cpu" else 32
         if batch_slices < 1:
             raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
-        self.device = torch.device(device) if device is not None else default_device()
-        self.network = network.to(self.device).eval()
+        self.optimize = bool(optimize) and not isinstance(network, torch.jit.ScriptModule)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
+        self.channels_last = bool(channels_last)
+        self.compile = bool(compile)
+        if self.optimize and self.device.type == "cpu":
+            from onenet_med.engine.switches import retain_freed_cpu_memory
+
+            retain_freed_cpu_memory()  # no page faults for every activation: 15-18% per 320x320 slice
+        self.network = _prepare_network(network, self.device, self.optimize, self.channels_last, self.compile)
         self.spec = task_spec
         self.name = name
         self.batch_slices = int(batch_slices)
@@ -270,6 +303,10 @@ class Predictor:
         batch_slices: int | None = None,
         axis: int | str = "axial",
         progress: bool = False,
+        optimize: bool | None = None,
+        amp: bool | None = None,
+        channels_last: bool | None = None,
+        compile: bool | None = None,
     ) -> Predictor:
         """Load a bundle folder once.
 
@@ -280,9 +317,12 @@ class Predictor:
                 bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: CUDA when available).
             overrides: config overrides, as on the ``monai.bundle`` command line (``{"network_def#features": 8}``).
-            batch_slices: slices per forward pass (default: the bundle's ``batch_size``).
+            batch_slices: slices per forward pass (default: :data:`CPU_BATCH_SLICES` on CPU, the bundle's
+                ``batch_size`` elsewhere).
             axis: slicing axis (see the class).
             progress: progress bar over the slice batches.
+            optimize, amp, channels_last, compile: see the class; default: the bundle's ``optimize``, ``amp``
+                (on CUDA only), ``channels_last`` and ``compile`` settings.
 
         Raises:
             FileNotFoundError: not a bundle, or no checkpoint.
@@ -298,8 +338,13 @@ class Predictor:
         preprocessing = parser.get_parsed_content("preprocessing")
         if device is None:
             device = parser.get_parsed_content("device")
-        if batch_slices is None:
+        if batch_slices is None and torch.device(device).type != "cpu":
             batch_slices = int(parser.get_parsed_content("batch_size"))
+        switches = {"optimize": optimize, "amp": amp, "channels_last": channels_last, "compile": compile}
+        defaults = {"optimize": True, "amp": None, "channels_last": False, "compile": False}
+        for key, value in switches.items():
+            if value is None:
+                switches[key] = parser.get_parsed_content(key, default=defaults[key])
         path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -318,9 +363,9 @@ class Predictor:
                         f"network_def#features): {_first_line(error)}"
                     ) from error
                 network = scripted
-        predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name)
+        predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name, **switches)
         predictor.checkpoint = str(path)
-        logger.info(f"{name}: {path} on {device}, {batch_slices} slices per batch")
+        logger.info(f"{name}: {path} on {device}, {predictor.batch_slices} slices per batch, {switches}")
         return predictor
 
     # ------------------------------------------------------------------------------------------ prediction
@@ -384,8 +429,9 @@ class Predictor:
 
         t = time.perf_counter()
         x = img.as_tensor().to(self.device, non_blocking=True)[None]
-        with torch.no_grad():  # not inference_mode: MONAI's inverse works in place on what comes out
-            logits = self.inferer()(x, self.network)[0]  # (K, H, W, D)
+        # not inference_mode: MONAI's inverse works in place on what comes out
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
+            logits = self.inferer()(x, self.forward)[0].float()  # (K, H, W, D)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds["inference"] = time.perf_counter() - t
@@ -434,6 +480,23 @@ class Predictor:
             image=inverted["overlay"][0].numpy() if return_image else None,
             source=source,
         )
+
+    def settings(self) -> dict[str, Any]:
+        """How the network runs: ``batch_slices``, ``optimize``, ``amp``, ``channels_last``, ``compile``, threads."""
+        return {
+            "batch_slices": self.batch_slices,
+            "optimize": self.optimize,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "threads": torch.get_num_threads(),
+        }
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of a ``(B, C, H, W)`` batch of slices (channels-last first when asked for)."""
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.network(batch)
 
     def inferer(self):
         """The :class:`monai.inferers.SliceInferer` used: whole slices along ``axis``, ``batch_slices`` at a time
@@ -499,6 +562,16 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
         labels.masked_fill_(better, k)
         best = torch.where(better, x[k], best)
     return labels
+
+
+def _prepare_network(
+    network: torch.nn.Module, device: torch.device, optimize: bool, channels_last: bool, compile: bool
+) -> torch.nn.Module:
+    """The module the predictor runs: the inference copy on ``device`` in eval mode, channels-last, compiled."""
+    from onenet_med.engine.switches import apply_switches
+
+    network = apply_switches(network, optimize=optimize).to(device).eval()
+    return apply_switches(network, channels_last=channels_last, compile=compile)
 
 
 def _axis_index(axis: int | str) -> int:
