@@ -74,7 +74,8 @@ class CompareSettings:
         output_dir: report folder (``report.md``, plots, ``runs/<network>/``, ``predictions/``, ``logs/``).
         dataset_dir: dataset folder (default: the bundle's ``dataset_dir``).
         width: base width for networks that have one (OneNet, U-Nets: ``features``; BasicUNet: its default
-            widths scaled by ``width / 32``); ``None`` keeps each network's default (64 for OneNet / U-Net).
+            widths scaled by ``width / 32``; SegResNet: ``init_filters``); ``None`` keeps each network's default
+            (64 for OneNet / U-Net, 8 for SegResNet).
         epochs: ``max_epochs`` (None: the bundle's).
         iterations_per_epoch: training iterations per epoch, drawing ``batch_size`` volumes with replacement for
             each (None: one pass over the training cases per epoch, the bundle's default).
@@ -161,7 +162,8 @@ def network_overrides(name: str, width: int | None) -> dict[str, Any]:
     """Bundle overrides that select network ``name`` at base width ``width`` (None: the network's default).
 
     OneNet and the U-Nets take ``features`` (base width); BasicUNet gets its default widths (32, 32, 64, 128, 256,
-    32) scaled by ``width / 32``; the ResNet U-Nets have no width setting and keep their size.
+    32) scaled by ``width / 32``; SegResNet takes ``init_filters`` (its first stage's width, default 8); the ResNet
+    U-Nets have no width setting and keep their size.
     """
     from onenet_med.networks import list_networks
 
@@ -174,6 +176,8 @@ def network_overrides(name: str, width: int | None) -> dict[str, Any]:
         out["network_def#features"] = int(width)
     elif name == "basicunet":
         out["network_def#features"] = tuple(max(1, round(f * width / 32)) for f in _BASICUNET_DEFAULT)
+    elif name == "segresnet":
+        out["network_def#init_filters"] = int(width)
     return out
 
 
@@ -825,7 +829,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--networks", nargs="+", required=True, help="registry names, e.g. onenet_ed4 unet4")
     p.add_argument("--out", required=True, help="report folder (report.md, plots, runs/, predictions/, logs/)")
     p.add_argument("--dataset-dir", default=None, help="dataset folder (default: the bundle's dataset_dir)")
-    p.add_argument("--width", type=int, default=None, help="base width of OneNet / U-Nets (default: 64)")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="base width of OneNet / U-Nets (default: 64), SegResNet's init_filters (default: 8)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="max_epochs (default: the bundle's)")
     p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch")
     p.add_argument("--batch-size", type=int, default=None, help="training batch in 2D slices")

@@ -102,6 +102,7 @@ def test_check_passes(measured, check, passed):
         ("unet4", 8, {"network_name": "unet4", "network_def#features": 8}),
         ("mobilenet_unet4", 8, {"network_name": "mobilenet_unet4", "network_def#features": 8}),
         ("basicunet", 16, {"network_name": "basicunet", "network_def#features": (16, 16, 32, 64, 128, 16)}),
+        ("segresnet", 16, {"network_name": "segresnet", "network_def#init_filters": 16}),
         ("resnet34_unet", 16, {"network_name": "resnet34_unet"}),  # no width setting
         ("onenet_e4", None, {"network_name": "onenet_e4"}),
     ],

@@ -61,7 +61,7 @@ def literal_spatial_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 def test_list_networks_names():
     expected = ["onenet_e4", "onenet_e4_s", "onenet_e5", "onenet_e5_s"]
-    expected += ["onenet_ed4", "onenet_ed4_s", "onenet_ed5", "onenet_ed5_s"] + BASELINE_NAMES
+    expected += ["onenet_ed4", "onenet_ed4_s", "onenet_ed5", "onenet_ed5_s"] + BASELINE_NAMES + ["segresnet"]
     assert list_networks() == expected
 
 
