@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "onenet_med.data.cli",
     "onenet_med.profiling",
     "onenet_med.inference.cli",
+    "onenet_med.inference.export",
     "onenet_med.compare",
 )
 

@@ -130,3 +130,36 @@ def threshold_labels(volume: np.ndarray) -> np.ndarray:
     v = volume if volume.ndim == 3 else volume[..., 0]
     nz = v != 0
     return ((v > v[nz].mean()) & nz).astype(np.uint8)
+
+
+def export_tiny_heart(root) -> dict:
+    """A tiny heart task (3 training volumes, odd sizes), a tiny checkpoint whose classes are balanced on the case
+    to predict, and its exports through ``onenet-med export`` (onnx, onnx-int8 with 16 calibration slices,
+    torchscript) into ``root/exported``.
+
+    Returns:
+        paths: ``task``, ``case`` (a volume to predict), ``checkpoint``, ``onnx``, ``onnx-int8``, ``torchscript``,
+        ``out``; and ``network`` (the checkpoint's module, eval mode).
+    """
+    from onenet_med.cli import main
+    from tests.data_trees import make_msd_task
+
+    root = Path(root)
+    task = make_msd_task(root, "heart", n_train=3, n_test=0, shape=(20, 24, 12))
+    case = save_nifti(root / "scans" / "case.nii.gz", make_volume((21, 19, 7), seed=3), OBLIQUE_LPS)
+    net = spread_classes(tiny_network("heart"), "heart", case)
+    for m in net.modules():  # no near-constant channel whose BN scale (up to 1/sqrt(eps) = 316) amplifies rounding
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_var.clamp_(min=1e-2)
+    ckpt = str(root / "model.pt")
+    torch.save(net.state_dict(), ckpt)
+    out = root / "exported"
+    paths: dict = {"task": task, "case": case, "checkpoint": ckpt, "network": net, "out": out}
+    for fmt in ("onnx", "onnx-int8", "torchscript"):
+        argv = ["export", "--bundle", str(BUNDLES / "onenet_heart"), "--checkpoint", ckpt, "--format", fmt]
+        argv += ["--out", str(out), "--dataset_dir", str(task), "--calibration-slices", "16"]
+        argv += ["--override", "network_def#features=4"]
+        if main(argv) != 0:
+            raise RuntimeError(f"onenet-med {' '.join(argv)} failed")
+        paths[fmt] = str(out / {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx", "torchscript": "model.ts"}[fmt])
+    return paths

@@ -34,6 +34,18 @@ def add_parser(subparsers) -> None:
         default=None,
         help="weights: state dict (.pt) or TorchScript (.ts); default <bundle>/models/model.pt, else model.ts",
     )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="what runs the network: torch (default) or onnxruntime (an exported --model X.onnx, fp32 or int8)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="exported model (onenet-med export): .onnx for --backend onnxruntime (default "
+        "<bundle>/models/model.onnx), .ts for torch",
+    )
     p.add_argument("--save-probabilities", action="store_true", help="also write <stem>_prob (K channels, float32)")
     p.add_argument("--overlays", type=int, default=0, metavar="N", help="write PNGs of N slices with the prediction")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
@@ -119,12 +131,14 @@ def run(args: argparse.Namespace) -> int:
             args.bundle,
             checkpoint=args.checkpoint,
             device=args.device,
+            backend=args.backend,
+            model=args.model,
             overrides=overrides,
             batch_slices=args.batch_slices,
             axis=args.axis,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, ImportError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
     os.makedirs(args.output, exist_ok=True)
@@ -163,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 "outputs": outs,
                 "bundle": predictor.name,
                 "checkpoint": predictor.checkpoint,
+                "backend": predictor.backend,
                 "device": str(predictor.device),
             }
             atomic_write_text(outs["json"], json.dumps(record, indent=2) + "\n")
@@ -177,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "bundle": predictor.name,
         "checkpoint": predictor.checkpoint,
+        "backend": predictor.backend,
         "device": str(predictor.device),
         "inputs": len(plans),
         "succeeded": len(done),
@@ -202,7 +218,8 @@ def _print_summary(summary: dict[str, Any], class_names) -> None:
         print(f"{os.path.basename(case['input'])[:40]:40s} {case['slices']:6d} {vols}")
     print(
         f"{summary['succeeded']}/{summary['inputs']} predicted in {summary['seconds']:.1f} s "
-        f"({summary['volumes_per_minute'] or 0:.2f} volumes/min) with {summary['bundle']} on {summary['device']}"
+        f"({summary['volumes_per_minute'] or 0:.2f} volumes/min) with {summary['bundle']} on {summary['device']} "
+        f"({summary['backend']})"
     )
     for failure in summary["failed"]:
         print(f"FAILED {failure['error']}")

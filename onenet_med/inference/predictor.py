@@ -50,6 +50,7 @@ __all__ = [
     "Predictor",
     "expand_inputs",
     "load_bundle_config",
+    "load_network",
     "output_name",
 ]
 
@@ -218,6 +219,13 @@ class Predictor:
         axis: slicing axis of the RAS-oriented volume: 0/1/2 or ``"sagittal"``/``"coronal"``/``"axial"``.
         progress: show a progress bar over the slice batches.
         name: bundle name, for messages.
+        backend: ``"torch"`` (``network`` is a module) or ``"onnxruntime"`` (``network`` is an ``.onnx`` file or an
+            :class:`~onenet_med.inference.backends.OnnxRuntimeNetwork`; default device CPU). Only the forward pass
+            differs: preprocessing, slicing and inversion are the same.
+
+    Raises:
+        ValueError: a 2D task, bad settings, or an ONNX model made for other channels, classes or preprocessing
+            (the message names the file).
     """
 
     def __init__(
@@ -230,16 +238,35 @@ class Predictor:
         axis: int | str = "axial",
         progress: bool = False,
         name: str = "bundle",
+        backend: str = "torch",
     ):
         from monai.transforms import Compose, LoadImaged, Resize, Resized
 
+        from onenet_med.inference.backends import BACKENDS, OnnxRuntimeNetwork, preprocessing_identity
         from onenet_med.inference.readers import SimpleITKReader
 
         if not task_spec.is_volume:
             raise ValueError(_NOT_VOLUME.format(name=name, task=task_spec.name))
         if batch_slices < 1:
             raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
-        self.device = torch.device(device) if device is not None else default_device()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        if device is None:  # ONNX Runtime's default package runs on the CPU only
+            device = "cpu" if backend == "onnxruntime" else default_device()
+        self.device = torch.device(device)
+        if backend == "onnxruntime":
+            if isinstance(network, (str, os.PathLike)):
+                network = OnnxRuntimeNetwork(network, self.device)
+            elif not isinstance(network, OnnxRuntimeNetwork):
+                raise TypeError(
+                    f"{name}: the onnxruntime backend takes an ONNX file or an OnnxRuntimeNetwork, "
+                    f"got {type(network).__name__}"
+                )
+            identity = preprocessing_identity(task_spec, preprocessing)
+            network.check(task_spec.in_channels, task_spec.num_classes, identity)
+        elif isinstance(network, (str, os.PathLike)):
+            raise TypeError(f"{name}: the torch backend takes a module; load {network} with Predictor.from_bundle")
         self.network = network.to(self.device).eval()
         self.spec = task_spec
         self.name = name
@@ -270,26 +297,38 @@ class Predictor:
         batch_slices: int | None = None,
         axis: int | str = "axial",
         progress: bool = False,
+        backend: str = "torch",
+        model: str | os.PathLike | None = None,
     ) -> Predictor:
         """Load a bundle folder once.
 
         Args:
             bundle_dir: bundle folder (``configs/train.json``, ``configs/inference.json``, ``configs/metadata.json``).
-            checkpoint: weights to load: a state dict (``.pt``, loaded with ``weights_only=True`` into the
-                bundle's ``network_def``) or a TorchScript archive (``.ts``, ``torch.jit.load``). Default: the
-                bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
-            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: CUDA when available).
+            checkpoint: weights to load (torch backend): a state dict (``.pt``, loaded with ``weights_only=True``
+                into the bundle's ``network_def``) or a TorchScript archive (``.ts``, ``torch.jit.load``). Default:
+                the bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: the bundle's, CUDA when available; CPU for the
+                onnxruntime backend).
             overrides: config overrides, as on the ``monai.bundle`` command line (``{"network_def#features": 8}``).
             batch_slices: slices per forward pass (default: the bundle's ``batch_size``).
             axis: slicing axis (see the class).
             progress: progress bar over the slice batches.
+            backend: ``"torch"`` or ``"onnxruntime"``.
+            model: an exported model (``onenet-med export``): ``.onnx`` for the onnxruntime backend (default
+                ``models/model.onnx``), ``.ts`` for the torch backend (instead of ``checkpoint``). Its record must
+                match this bundle's channels, classes and preprocessing.
 
         Raises:
-            FileNotFoundError: not a bundle, or no checkpoint.
+            FileNotFoundError: not a bundle, or no checkpoint / model.
             RuntimeError: the checkpoint does not load (corrupt, or another network's weights).
+            ValueError: an exported model made for other inputs (the message names the file and what differs).
         """
-        from onenet_med.engine import load_checkpoint
+        from onenet_med.inference.backends import BACKENDS, check_model_record, preprocessing_identity
 
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if model is not None and checkpoint is not None:
+            raise ValueError("pass either checkpoint (weights) or model (an exported model), not both")
         parser = load_bundle_config(bundle_dir, overrides)
         spec = parser.get_parsed_content("task_spec")
         name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
@@ -297,30 +336,29 @@ class Predictor:
             raise ValueError(_NOT_VOLUME.format(name=name, task=spec.name))
         preprocessing = parser.get_parsed_content("preprocessing")
         if device is None:
-            device = parser.get_parsed_content("device")
+            device = "cpu" if backend == "onnxruntime" else parser.get_parsed_content("device")
         if batch_slices is None:
             batch_slices = int(parser.get_parsed_content("batch_size"))
-        path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
         device = torch.device(device)
-        network = _load_torchscript(path, device) if path.suffix == ".ts" else None
-        if network is None:
-            network = parser.get_parsed_content("network_def")
-            try:
-                load_checkpoint(path, {"model": network}, map_location=device)
-            except RuntimeError as error:
-                scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
-                if scripted is None:
-                    raise RuntimeError(
-                        f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
-                        "another network or other settings? pass the overrides used in training, e.g. "
-                        f"network_def#features): {_first_line(error)}"
-                    ) from error
-                network = scripted
-        predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name)
+        if backend == "onnxruntime":
+            if checkpoint is not None:
+                raise ValueError(
+                    f"{name}: the onnxruntime backend runs an exported model: pass model=X.onnx (onenet-med export), "
+                    f"not checkpoint={checkpoint}"
+                )
+            path = Path(model) if model is not None else Path(parser.get_parsed_content("ckpt_dir")) / "model.onnx"
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX model {path} does not exist (write it with onenet-med export)")
+            network: Any = os.fspath(path)
+        else:
+            network, path = load_network(parser, model if model is not None else checkpoint, device, name)
+            if isinstance(network, torch.jit.ScriptModule):
+                from onenet_med.inference.backends import read_torchscript_record
+
+                check_model_record(path, read_torchscript_record(path), preprocessing_identity(spec, preprocessing))
+        predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name, backend=backend)
         predictor.checkpoint = str(path)
-        logger.info(f"{name}: {path} on {device}, {batch_slices} slices per batch")
+        logger.info(f"{name}: {path} on {device} ({backend}), {batch_slices} slices per batch")
         return predictor
 
     # ------------------------------------------------------------------------------------------ prediction
@@ -511,6 +549,47 @@ def _axis_index(axis: int | str) -> int:
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1, 2 or one of {list(AXES)}, got {axis!r}")
     return int(axis)
+
+
+def load_network(
+    parser, checkpoint: str | os.PathLike | None, device: torch.device, name: str = "bundle"
+) -> tuple[torch.nn.Module, Path]:
+    """The bundle's network with trained weights: ``checkpoint`` (a state dict loaded into ``network_def``, or a
+    TorchScript archive), default the bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
+
+    Args:
+        parser: the bundle's config (:func:`load_bundle_config`).
+        checkpoint: weights file or None.
+        device: where the tensors go.
+        name: bundle name, for messages.
+
+    Returns:
+        ``(network, checkpoint path)``; a state dict gives the bundle's ``network_def`` (an ``nn.Module``).
+
+    Raises:
+        FileNotFoundError: no checkpoint.
+        RuntimeError: the checkpoint does not load (corrupt, or another network's weights).
+    """
+    from onenet_med.engine import load_checkpoint
+
+    path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    network = _load_torchscript(path, device) if path.suffix == ".ts" else None
+    if network is None:
+        network = parser.get_parsed_content("network_def")
+        try:
+            load_checkpoint(path, {"model": network}, map_location=device)
+        except RuntimeError as error:
+            scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
+            if scripted is None:
+                raise RuntimeError(
+                    f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
+                    "another network or other settings? pass the overrides used in training, e.g. "
+                    f"network_def#features): {_first_line(error)}"
+                ) from error
+            network = scripted
+    return network, path
 
 
 def _default_checkpoint(parser) -> Path:

@@ -1,0 +1,216 @@
+"""``onenet-med export``: files and records, ONNX fp32 equal to PyTorch at any size, int8 QDQ calibrated on the
+bundle's training slices, TorchScript, calibration data, errors (missing extra, TorchScript checkpoint)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from onenet_med.cli import main
+from onenet_med.data import get_datalists
+from onenet_med.inference import load_bundle_config
+from onenet_med.inference.backends import RECORD_KEY, OnnxRuntimeNetwork, preprocessing_identity
+from onenet_med.inference.export import (
+    EXPORT_FORMATS,
+    SliceCalibrationReader,
+    calibration_slices,
+    export_bundle,
+    inference_network,
+)
+from tests.inference_helpers import BUNDLES, TINY, save_checkpoint
+
+HEART = BUNDLES / "onenet_heart"
+onnx = pytest.importorskip("onnx")
+
+
+def _heart_parser(task_dir, **overrides):
+    return load_bundle_config(HEART, {**TINY, "dataset_dir": str(task_dir), **overrides})
+
+
+def _preprocessed_slices(parser, case):
+    """(D, C, H, W) slices of one volume after the bundle's inference chain."""
+    image = parser.get_parsed_content("preprocessing")({"image": case})["image"].as_tensor()
+    return image.permute(3, 0, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("fmt", list(EXPORT_FORMATS))
+def test_export_writes_model_and_record(fmt, exported_heart):
+    path = exported_heart[fmt]
+    sidecar = json.loads(open(path + ".json").read())
+    if fmt == "torchscript":
+        files = {RECORD_KEY: ""}
+        torch.jit.load(path, _extra_files=files)
+        embedded = json.loads(files[RECORD_KEY])
+    else:
+        props = {p.key: p.value for p in onnx.load(path).metadata_props}
+        embedded = json.loads(props[RECORD_KEY])
+    assert {k: v for k, v in sidecar.items() if k not in ("seconds", "bytes")} == embedded
+    assert sidecar["bytes"] == os.path.getsize(path)
+    assert embedded["format"] == fmt and embedded["file"] == os.path.basename(path)
+    assert (embedded["input_name"], embedded["output_name"]) == ("image", "logits")
+    assert (embedded["in_channels"], embedded["out_channels"]) == (1, 2)
+    assert embedded["class_names"] == ["background", "left atrium"]
+    assert embedded["overrides"] == {"network_def#features": 4} and embedded["network"] == "onenet_ed4"
+    parser = _heart_parser(exported_heart["task"])
+    spec = parser.get_parsed_content("task_spec")
+    assert embedded["preprocessing"] == preprocessing_identity(spec, parser.get_parsed_content("preprocessing"))
+    assert embedded["checkpoint"] == os.path.abspath(exported_heart["checkpoint"])
+    hidden = [p for p in os.listdir(exported_heart["out"]) if p.startswith(".")]
+    assert not hidden  # temporary files and folders renamed or removed
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (3, 1, 37, 45), (2, 1, 7, 130)])
+def test_onnx_fp32_logits_equal_pytorch_at_any_size(exported_heart, shape):
+    net, _ = inference_network(exported_heart["network"])
+    session = OnnxRuntimeNetwork(exported_heart["onnx"])
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net(x)
+    got = session(x)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1e-4 * max(1.0, float(expected.abs().max()))
+
+
+def _training_slices(exported_heart):
+    """Every slice of the tiny task's training volumes after the bundle's preprocessing (the int8 calibration
+    distribution)."""
+    parser = _heart_parser(exported_heart["task"])
+    train = get_datalists("heart", exported_heart["task"])["train"]
+    return torch.cat([_preprocessed_slices(parser, str(t["image"])) for t in train])
+
+
+def test_onnx_fp32_logits_equal_pytorch_on_preprocessed_slices(exported_heart):
+    """ORT fp32 within 1e-4 of PyTorch on real inputs, relative to the logits' scale (a random network's logits
+    reach ~10 here; the trained demo model's absolute difference is measured by scripts/bench_onnx.py)."""
+    net, _ = inference_network(exported_heart["network"])
+    x = _training_slices(exported_heart)
+    with torch.no_grad():
+        expected = net(x)
+    scale = max(1.0, float(expected.abs().max()))
+    assert float((OnnxRuntimeNetwork(exported_heart["onnx"])(x) - expected).abs().max()) <= 1e-4 * scale
+    check = json.loads(open(exported_heart["out"] / "model.onnx.json").read())["check"]
+    assert 0 < check["max_abs_diff_vs_torch"] <= 1e-3
+
+
+def test_int8_is_qdq_with_per_channel_int8_weights(exported_heart):
+    model = onnx.load(exported_heart["onnx-int8"])
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
+    inits = {i.name: i for i in model.graph.initializer}
+    conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    dequant = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert conv_weights and all(w in dequant for w in conv_weights)  # every conv weight comes from int8
+    for w in conv_weights:
+        q = inits[dequant[w].input[0]]
+        scale = onnx.numpy_helper.to_array(inits[dequant[w].input[1]])
+        assert q.data_type == onnx.TensorProto.INT8
+        assert scale.shape == (q.dims[0],)  # one scale per output channel
+    record = json.loads(open(exported_heart["out"] / "model_int8.onnx.json").read())
+    quant = record["quantization"]
+    assert quant["calibration_slices"] == 16
+    assert os.path.getsize(exported_heart["onnx-int8"]) < quant["fp32_bytes"]
+
+
+def test_int8_calibrated_on_the_training_split_only(exported_heart):
+    record = json.loads(open(exported_heart["out"] / "model_int8.onnx.json").read())
+    train = get_datalists("heart", exported_heart["task"])["train"]
+    assert sorted(record["quantization"]["calibration_cases"]) == sorted(str(t["image"]) for t in train)
+
+
+def test_int8_argmax_agrees_with_fp32_on_most_voxels(exported_heart):
+    """The tiny random network's classes are balanced to near-ties (about half the voxels each), so chance
+    agreement is ~0.5; a width-4 random network quantizes coarsely, a trained one much better (demo: Dice in
+    docs/benchmarks.md)."""
+    x = _training_slices(exported_heart)
+    fp32 = OnnxRuntimeNetwork(exported_heart["onnx"])(x)
+    int8 = OnnxRuntimeNetwork(exported_heart["onnx-int8"])(x)
+    assert 0.3 <= float(fp32.argmax(1).float().mean()) <= 0.7  # balanced: agreement is not trivial
+    assert float((fp32.argmax(1) == int8.argmax(1)).float().mean()) >= 0.65
+    margin = (fp32[:, 1] - fp32[:, 0]).flatten()
+    margin8 = (int8[:, 1] - int8[:, 0]).flatten()
+    assert float(torch.corrcoef(torch.stack([margin, margin8]))[0, 1]) >= 0.6
+    record = json.loads(open(exported_heart["out"] / "model_int8.onnx.json").read())
+    assert record["quantization"]["argmax_agreement_with_fp32"] >= 0.65
+
+
+def test_torchscript_export_equals_network(exported_heart):
+    net, _ = inference_network(exported_heart["network"])
+    loaded = torch.jit.load(exported_heart["torchscript"])
+    x = torch.randn(2, 1, 29, 41)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("count,expected", [(7, [3, 2, 2]), (3, [1, 1, 1]), (2, [1, 1]), (1, [1])])
+def test_calibration_slices_spread_over_cases_and_depth(tmp_path, count, expected):
+    from tests.data_trees import make_msd_task
+
+    task = make_msd_task(tmp_path, "heart", n_train=4, n_test=0, shape=(20, 24, 12))
+    parser = _heart_parser(task)
+    slices, files = calibration_slices(parser, count)
+    train = [str(t["image"]) for t in get_datalists("heart", task)["train"]]
+    assert len(train) == 3  # 4 cases, 20% validation
+    chosen = [train[i] for i in sorted({int(i) for i in np.linspace(0, 2, min(count, 3))})]
+    assert files == chosen
+    assert len(slices) == count
+    start = 0
+    for case, n in zip(files, expected):
+        volume = _preprocessed_slices(parser, case).numpy()  # (D, C, H, W), D = 12
+        for k, s in enumerate(slices[start : start + n]):
+            assert s.shape == (1, *volume.shape[1:]) and s.dtype == np.float32
+            np.testing.assert_array_equal(s[0], volume[int((k + 0.5) * 12 / n)])  # evenly along the depth
+        start += n
+
+
+def test_calibration_reader_batches_equal_shapes():
+    slices = [np.full((1, 1, 4, 4), i, np.float32) for i in range(5)] + [np.zeros((1, 1, 8, 4), np.float32)]
+    reader = SliceCalibrationReader(slices, "image", batch=2)
+    feeds = []
+    while (feed := reader.get_next()) is not None:
+        feeds.append(feed["image"])
+    assert [f.shape[0] for f in feeds] == [2, 2, 1, 1] and feeds[-1].shape == (1, 1, 8, 4)
+    np.testing.assert_array_equal(np.concatenate(feeds[:3])[:, 0, 0, 0], [0, 1, 2, 3, 4])
+    reader.rewind()
+    np.testing.assert_array_equal(reader.get_next()["image"], feeds[0])
+
+
+def test_calibration_needs_a_slice(tmp_path):
+    with pytest.raises(ValueError, match="at least 1 slice"):
+        calibration_slices(_heart_parser(tmp_path), 0)
+
+
+def test_missing_onnx_extra_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    ckpt, _ = save_checkpoint(tmp_path / "model.pt", "heart")
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnx", "onnxruntime"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(ImportError, match=r"pip install 'onenet-med\[onnx\]'"):
+        export_bundle(HEART, tmp_path / "out", "onnx", checkpoint=ckpt, overrides=TINY)
+    argv = ["export", "--bundle", str(HEART), "--checkpoint", ckpt, "--format", "onnx-int8", "--out", str(tmp_path)]
+    assert main(argv + ["--override", "network_def#features=4"]) == 2
+    assert "onenet-med[onnx]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_torchscript_checkpoint_is_refused(tmp_path):
+    ckpt, _ = save_checkpoint(tmp_path / "model.ts", "heart", torchscript=True)
+    with pytest.raises(ValueError, match="model.ts: a TorchScript archive; export needs the bundle's state dict"):
+        export_bundle(HEART, tmp_path / "out", "torchscript", checkpoint=ckpt, overrides=TINY)
+
+
+def test_unknown_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="format must be one of"):
+        export_bundle(HEART, tmp_path, "tflite")
+    with pytest.raises(SystemExit):
+        main(["export", "--bundle", str(HEART), "--format", "tflite", "--out", str(tmp_path)])
