@@ -132,10 +132,35 @@ def threshold_labels(volume: np.ndarray) -> np.ndarray:
     return ((v > v[nz].mean()) & nz).astype(np.uint8)
 
 
+def fit_threshold(net: nn.Module, task: str, images, steps: int = 150) -> nn.Module:
+    """Train ``net`` briefly to label the voxels whose preprocessed first channel is > 0 (about half of those
+    inside the body) on every slice of ``images``: a trained network with confident and near-tie voxels, as
+    quantization meets in practice (a random network's logits are all near-ties). Returns ``net`` in eval mode
+    with BatchNorm statistics of these slices."""
+    from onenet_med.data import get_transforms
+
+    chain = get_transforms(task, "infer")
+    x = torch.cat([chain({"image": os.fspath(p)})["image"].as_tensor().permute(3, 0, 1, 2) for p in images])
+    target = (x[:, 0] > 0).long()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), target).backward()
+        optimizer.step()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        net(x)
+    return net.eval()
+
+
 def export_tiny_heart(root) -> dict:
-    """A tiny heart task (3 training volumes, odd sizes), a tiny checkpoint whose classes are balanced on the case
-    to predict, and its exports through ``onenet-med export`` (onnx, onnx-int8 with 16 calibration slices,
-    torchscript) into ``root/exported``.
+    """A tiny heart task (3 training volumes, odd sizes), a tiny checkpoint trained on it (:func:`fit_threshold`),
+    and its exports through ``onenet-med export`` (onnx, onnx-int8 with 16 calibration slices, torchscript) into
+    ``root/exported``.
 
     Returns:
         paths: ``task``, ``case`` (a volume to predict), ``checkpoint``, ``onnx``, ``onnx-int8``, ``torchscript``,
@@ -147,10 +172,7 @@ def export_tiny_heart(root) -> dict:
     root = Path(root)
     task = make_msd_task(root, "heart", n_train=3, n_test=0, shape=(20, 24, 12))
     case = save_nifti(root / "scans" / "case.nii.gz", make_volume((21, 19, 7), seed=3), OBLIQUE_LPS)
-    net = spread_classes(tiny_network("heart"), "heart", case)
-    for m in net.modules():  # no near-constant channel whose BN scale (up to 1/sqrt(eps) = 316) amplifies rounding
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_var.clamp_(min=1e-2)
+    net = fit_threshold(tiny_network("heart"), "heart", sorted((task / "imagesTr").glob("*.nii.gz")))
     ckpt = str(root / "model.pt")
     torch.save(net.state_dict(), ckpt)
     out = root / "exported"

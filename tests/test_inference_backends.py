@@ -40,7 +40,7 @@ def test_exported_model_gives_the_torch_backends_labels_and_probabilities(export
     backend = "onnxruntime" if fmt == "onnx" else "torch"
     other = _predictor(exported_heart, backend, model=exported_heart[fmt])
     got = other.predict_volume(case, probabilities=True)
-    assert 0.2 < expected.labels.mean() < 0.8  # both classes present: equal labels mean something
+    assert 0.05 < expected.labels.mean() < 0.95  # both classes present: equal labels mean something
     np.testing.assert_array_equal(got.labels, expected.labels)
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-4)
     np.testing.assert_array_equal(got.affine, expected.affine)
@@ -61,13 +61,13 @@ def test_predictor_constructor_takes_an_onnx_file(exported_heart):
 
 
 def test_int8_model_predicts_most_voxels_like_fp32(exported_heart):
-    fp32 = _predictor(exported_heart, "onnxruntime", model=exported_heart["onnx"]).predict_volume(
-        exported_heart["case"]
-    )
+    volume = str(exported_heart["task"] / "imagesTr" / "case_000.nii.gz")  # the data the network was trained on
+    fp32 = _predictor(exported_heart, "onnxruntime", model=exported_heart["onnx"]).predict_volume(volume)
     int8 = _predictor(exported_heart, "onnxruntime", model=exported_heart["onnx-int8"])
-    labels = int8.predict_volume(exported_heart["case"]).labels
+    labels = int8.predict_volume(volume).labels
     assert labels.shape == fp32.labels.shape and labels.dtype == np.uint8
-    assert (labels == fp32.labels).mean() >= 0.6  # a random width-4 network with near-tie classes
+    assert 0.05 < fp32.labels.mean() < 0.95
+    assert (labels == fp32.labels).mean() >= 0.97
 
 
 def test_predict_cli_onnxruntime_writes_the_torch_labels(exported_heart, tmp_path):

@@ -28,6 +28,7 @@ from torch import nn
 
 from onenet_med.networks.blocks import ChannelDense, OneNetDownBlock, OneNetUpBlock, SpatialConv1d, UNetUpBlock
 from onenet_med.networks.onenet import OneNet
+from onenet_med.networks.optimize import optimize_for_inference, register_inference_converter
 from onenet_med.networks.peers import segresnet
 from onenet_med.networks.unet import PaddedNet, ResNetUNet, UNet, basic_unet
 
@@ -44,6 +45,8 @@ __all__ = [
     "basic_unet",
     "get_network",
     "list_networks",
+    "optimize_for_inference",
+    "register_inference_converter",
     "segresnet",
 ]
 

@@ -1,0 +1,306 @@
+"""Tests of onenet_med.networks.optimize: the inference copy computes the plain network's logits (every OneNet
+name, both orderings, no norm, odd sizes, batches), leaves the model alone, scripts and exports to ONNX."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from parameterized import parameterized
+from torch import nn
+
+from onenet_med.networks import OneNet, get_network, optimize_for_inference, register_inference_converter
+from onenet_med.networks.optimize import FastConv2d, _use_onednn
+
+ONENET_NAMES = [f"onenet_{v}{lv}{s}" for v in ("e", "ed") for lv in (4, 5) for s in ("", "_s")]
+TOLERANCE = 1e-4
+
+
+def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm running statistics and affine parameters far from their initial values (some scales
+    negative), as after training, so that folding them is not a no-op."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=generator) * 2 - 1)
+                m.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.2)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(c, generator=generator) * 2.5 - 0.5)
+                    m.bias.copy_(torch.rand(c, generator=generator) - 0.5)
+    return net
+
+
+def smooth_image(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A slice-like input: smooth blobs over a dark background plus a little noise, normalised like the bundles."""
+    generator = torch.Generator().manual_seed(seed)
+    yy = torch.linspace(-1, 1, h).view(1, 1, h, 1)
+    xx = torch.linspace(-1, 1, w).view(1, 1, 1, w)
+    centres = torch.rand(b, c, 2, generator=generator) - 0.5
+    image = torch.exp(-4 * ((yy - centres[..., 0, None, None]) ** 2 + (xx - centres[..., 1, None, None]) ** 2))
+    image = image + 0.05 * torch.randn(b, c, h, w, generator=generator)
+    return (image - image.mean()) / image.std()
+
+
+def build(name: str, features: int = 8, in_channels: int = 3, out_channels: int = 4, **kw) -> nn.Module:
+    torch.manual_seed(0)
+    return trained_like(get_network(name, in_channels, out_channels, features=features, **kw)).eval()
+
+
+def assert_same_logits(plain: nn.Module, fast: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected = plain(x)
+        got = fast(x)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert (got - expected).abs().max() <= TOLERANCE, (got - expected).abs().max()
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+# ---------------------------------------------------------------- equivalence
+
+
+CASES = [(name, ordering, (2, 50, 37)) for name in ONENET_NAMES for ordering in ("AN", "NA")]
+CASES += [(name, "AN", (1, 33, 70)) for name in ONENET_NAMES]
+
+
+@parameterized.expand(CASES)
+def test_optimized_equals_plain(name, ordering, bhw):
+    plain = build(name, adn_ordering=ordering)
+    fast = optimize_for_inference(plain)
+    b, h, w = bhw
+    assert_same_logits(plain, fast, smooth_image(b, 3, h, w))
+
+
+@parameterized.expand([("onenet_ed4",), ("onenet_e4_s",)])
+def test_paper_width_equals_plain(name):
+    plain = build(name, features=64, in_channels=1, out_channels=2)
+    fast = optimize_for_inference(plain)
+    assert_same_logits(plain, fast, smooth_image(1, 1, 64, 80))
+
+
+@parameterized.expand(
+    [
+        ("no_norm", {"norm": None}),
+        ("dropout", {"dropout": 0.2}),
+        ("leaky_relu", {"act": ("leakyrelu", {"negative_slope": 0.1})}),
+        ("instance_norm", {"norm": "instance", "levels": 2}),  # deeper: statistics over a handful of pixels
+        ("stem_1", {"stem_repeat": 1, "levels": 2}),
+    ]
+)
+def test_other_settings_equal_plain(_, kw):
+    for name in ("onenet_ed4", "onenet_e4_s"):
+        plain = build(name, **kw)
+        fast = optimize_for_inference(plain)
+        assert_same_logits(plain, fast, smooth_image(2, 3, 24, 40))
+
+
+def test_batchnorm_is_folded_away():
+    plain = build("onenet_ed4")
+    fast = optimize_for_inference(plain)
+    assert not [m for m in fast.modules() if isinstance(m, nn.BatchNorm2d)]
+    posts = [m.post for m in fast.modules() if isinstance(m, FastConv2d)]
+    assert posts.count(2) == 3 + 2 * 4 + 1 + 2 * 4  # every Conv -> ReLU -> BN layer is a clamp
+    na = optimize_for_inference(build("onenet_ed4", adn_ordering="NA"))
+    assert not [m for m in na.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.post in (0, 1) for m in na.modules() if isinstance(m, FastConv2d))
+
+
+def test_negative_batchnorm_scales_are_exact():
+    """A BN scale < 0 turns ``s * relu(z)`` into a minimum: every channel negative, then mixed."""
+    plain = build("onenet_ed4", levels=2)
+    x = smooth_image(2, 3, 20, 28)
+    for low, high in ((-2.0, -0.1), (-1.0, 1.0)):
+        with torch.no_grad():
+            for m in plain.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.uniform_(low, high)
+        assert_same_logits(plain, optimize_for_inference(plain), x)
+
+
+def test_model_is_not_modified():
+    plain = build("onenet_ed4_s").train()
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    modules = list(plain.modules())
+    fast = optimize_for_inference(plain)
+    assert plain.training and all(m.training for m in plain.modules())
+    assert list(plain.modules()) == modules
+    after = plain.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not fast.training and not any(m.training for m in fast.modules())
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert all(p.requires_grad for p in plain.parameters())
+    # the copy shares no storage with the model
+    plain_ptrs = {t.data_ptr() for t in plain.state_dict().values()}
+    assert not plain_ptrs & {t.data_ptr() for t in fast.state_dict().values()}
+
+
+def test_checkpoint_loads_into_the_plain_network_then_optimizes(tmp_path):
+    trained = build("onenet_ed4")
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    fresh = get_network("onenet_ed4", 3, 4, features=8)
+    fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    assert_same_logits(trained, optimize_for_inference(fresh.eval()), smooth_image(1, 3, 32, 32))
+
+
+@parameterized.expand([("unet4",), ("mobilenet_unet4",), ("basicunet",), ("resnet34_unet",)])
+def test_other_networks_equal_plain(name):
+    torch.manual_seed(0)
+    kw = {"features": 8} if name.endswith("unet4") else {}
+    plain = trained_like(get_network(name, 3, 4, **kw)).eval()
+    fast = optimize_for_inference(plain)
+    assert fast is not plain
+    assert_same_logits(plain, fast, smooth_image(2, 3, 40, 36))
+
+
+def test_unknown_modules_are_kept_in_eval_mode():
+    class Context(nn.Module):  # a block the optimiser does not know, with a BN of its own
+        def __init__(self, c):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return x + self.bn(x)
+
+    class WithContext(OneNet):
+        def __init__(self):
+            super().__init__(2, 3, 4, variant="ed", levels=2, features=8)
+            self.context = Context(32)
+
+        def forward(self, x):  # a copy of OneNet.forward with the context block after the encoder
+            h, w = x.shape[2], x.shape[3]
+            x = F.pad(x, [0, (-w) % 4, 0, (-h) % 4]).contiguous(memory_format=torch.channels_last)
+            x = self.stem(x)
+            skips = []
+            for level in self.encoder:
+                x = level(x)
+                skips.append(x)
+            skips.pop()
+            return self.decoder(self.context(x), skips)[:, :, :h, :w]
+
+    plain = trained_like(WithContext()).train()
+    fast = optimize_for_inference(plain)
+    assert isinstance(fast.context, Context) and not fast.context.training
+    assert isinstance(fast.stem[0], FastConv2d)
+    assert_same_logits(plain.eval(), fast, smooth_image(2, 3, 20, 12))
+
+
+def test_register_inference_converter():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    seen = []
+
+    def convert(module):
+        seen.append(module)
+        return module
+
+    register_inference_converter(Twice, convert)
+    try:
+        net = nn.Sequential(Twice())
+        fast = optimize_for_inference(net)
+        assert len(seen) == 1 and seen[0] is fast[0] and seen[0] is not net[0]
+        assert isinstance(fast[0].conv, nn.Conv2d)  # the converter, not the default recursion, decided
+    finally:
+        from onenet_med.networks.optimize import _CONVERTERS
+
+        del _CONVERTERS[Twice]
+    with pytest.raises(TypeError, match="nn.Module subclass"):
+        register_inference_converter(int, convert)
+
+
+# ---------------------------------------------------------------- fast and portable paths
+
+
+def test_fast_path_runs_on_cpu_and_portable_path_equals_it(monkeypatch):
+    plain = build("onenet_ed4_s")
+    fast = optimize_for_inference(plain)
+    x = smooth_image(2, 3, 36, 52)
+    assert _use_onednn(x)
+    with torch.no_grad():
+        quick = fast(x)
+    import onenet_med.networks.optimize as optimize
+
+    monkeypatch.setattr(optimize, "_HAS_POINTWISE", False)  # what tracing / export / other devices run
+    assert not _use_onednn(x)
+    with torch.no_grad():
+        portable = fast(x)
+        expected = plain(x)
+    assert (quick - portable).abs().max() <= TOLERANCE
+    assert (portable - expected).abs().max() <= TOLERANCE
+
+
+def test_channels_last_input_and_output_layout():
+    plain = build("onenet_ed4")
+    fast = optimize_for_inference(plain)
+    x = smooth_image(2, 3, 32, 48)
+    with torch.no_grad():
+        a = fast(x)
+        b = fast(x.contiguous(memory_format=torch.channels_last))
+    assert a.is_contiguous() and torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- TorchScript and ONNX
+
+
+@parameterized.expand([(name,) for name in ONENET_NAMES])
+def test_torchscript_of_optimized_equals_plain(name):
+    plain = build(name)
+    scripted = torch.jit.script(optimize_for_inference(plain))
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    for shape in [(2, 3, 37, 50), (1, 3, 16, 16)]:
+        assert_same_logits(plain, loaded, smooth_image(*shape))
+
+
+def _onnx_equals_plain(plain: nn.Module, fast: nn.Module, tmp_path, dynamo: bool) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    path = str(tmp_path / "fast.onnx")
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            fast,
+            (smooth_image(2, 3, 64, 48),),
+            path,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+            dynamo=dynamo,
+        )
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 50, 37), (3, 3, 80, 96), (1, 3, 13, 7)]:
+        x = smooth_image(*shape)
+        with torch.no_grad():
+            expected = plain(x)
+        (out,) = session.run(None, {"image": x.numpy()})
+        out = torch.from_numpy(out)
+        assert out.shape == expected.shape
+        assert (out - expected).abs().max() <= TOLERANCE
+        assert torch.equal(out.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", ["onenet_ed4", "onenet_ed4_s", "onenet_e4", "onenet_e5_s"])
+def test_onnx_of_optimized_equals_plain(name, tmp_path):
+    plain = build(name)
+    _onnx_equals_plain(plain, optimize_for_inference(plain), tmp_path, dynamo=False)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", ["onenet_ed4", "onenet_e4_s"])
+def test_onnx_dynamo_of_optimized_equals_plain(name, tmp_path):
+    plain = build(name)
+    _onnx_equals_plain(plain, optimize_for_inference(plain), tmp_path, dynamo=True)
