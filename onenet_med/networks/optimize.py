@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import ADN, Convolution
 from torch import nn
 
-from onenet_med.networks.blocks import ChannelDense, OneNetDownBlock, pixel_unshuffle_cl
+from onenet_med.networks.blocks import ChannelDense, OneNetDownBlock, OneNetUpBlock, pixel_unshuffle_cl
+from onenet_med.networks.onenet import OneNet, OneNetEDDecoder
 
 __all__ = ["FastConv2d", "FastDownBlock", "optimize_for_inference", "register_inference_converter"]
 
@@ -71,23 +72,34 @@ def _conv_cpu(
     padding: list[int],
     groups: int,
     relu: bool,
+    patch_rows: torch.Tensor,
     addmm_max_pixels: int,
 ) -> torch.Tensor:
-    """Convolution (+ ReLU) on CPU float32 through oneDNN or MKL, channels-last in, channels-last out."""
+    """Convolution (+ ReLU) on CPU float32 through oneDNN or MKL, channels-last in, channels-last out.
+
+    ``patch_rows``: for a convolution whose kernel equals its stride (1x1, or the fused 2x2 stride-2 unshuffle
+    layers) and has no padding, the weight as ``(C_out, kh * kw * C_in)`` in ``(dy, dx, c)`` order; empty
+    otherwise. Such layers with few output pixels run as one ``addmm`` on the channels-last rows.
+    """
     b = x.shape[0]
-    h = x.shape[2]
-    w = x.shape[3]
+    kh = weight.shape[2]
+    kw = weight.shape[3]
+    h = x.shape[2] // kh
+    w = x.shape[3] // kw
     if (
-        weight.shape[2] == 1
-        and weight.shape[3] == 1
-        and stride[0] == 1
-        and stride[1] == 1
-        and groups == 1
+        patch_rows.numel() > 0
         and b * h * w <= addmm_max_pixels
+        and x.shape[2] == h * kh
+        and x.shape[3] == w * kw
         and x.is_contiguous(memory_format=torch.channels_last)
     ):
-        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, x.shape[1])
-        y = torch.addmm(bias, rows, weight.view(weight.shape[0], weight.shape[1]).t())
+        c = x.shape[1]
+        if kh == 1 and kw == 1:
+            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        else:  # gather each output pixel's kh x kw input patch: one small copy instead of a weight reorder
+            patches = x.permute(0, 2, 3, 1).reshape(b, h, kh, w, kw, c).permute(0, 1, 3, 2, 4, 5)
+            rows = patches.reshape(b * h * w, kh * kw * c)
+        y = torch.addmm(bias, rows, patch_rows.t())
         if relu:
             y = y.relu_()
         return y.view(b, h, w, weight.shape[0]).permute(0, 3, 1, 2)
@@ -137,6 +149,16 @@ class FastConv2d(nn.Module):
         self.register_buffer("lo", lo.detach().reshape(shape).clone() if lo is not None else empty)
         self.register_buffer("hi", hi.detach().reshape(shape).clone() if hi is not None else empty.clone())
         self.act = act if act is not None else nn.Identity()
+        self.register_buffer("patch_rows", empty.clone(), persistent=False)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute ``patch_rows`` (the weight in addmm layout) after the weight changed."""
+        o, i, kh, kw = self.weight.shape
+        if self.groups == 1 and not any(self.padding) and self.stride == [kh, kw]:
+            self.patch_rows = self.weight.detach().permute(0, 2, 3, 1).reshape(o, kh * kw * i).contiguous()
+        else:
+            self.patch_rows = self.weight.new_zeros(0)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, after: list[nn.Module] | None = None) -> FastConv2d:
@@ -179,7 +201,15 @@ class FastConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_onednn(x):
             y = _conv_cpu(
-                x, self.weight, self.bias, self.stride, self.padding, self.groups, self.relu, self.addmm_max_pixels
+                x,
+                self.weight,
+                self.bias,
+                self.stride,
+                self.padding,
+                self.groups,
+                self.relu,
+                self.patch_rows,
+                self.addmm_max_pixels,
             )
             if self.clamp:
                 y = y.clamp_(self.lo, self.hi)
@@ -191,17 +221,89 @@ class FastConv2d(nn.Module):
                 y = torch.clamp(y, self.lo, self.hi)
         return self.act(y)
 
+    # ---- rewrites used while optimising (not in forward)
+
+    def release_output_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Turn a folded Conv -> ReLU -> BN clamp into a fused ReLU and return what the consumer must apply.
+
+        With ``sign = sign(s)`` and the BN shift ``t``: ``s * relu(z) + t = sign * relu(|s| * z) + t``, so this
+        layer keeps ``relu(|s| * z)`` (its rows multiplied by ``sign``) and every consumer must fold the
+        per-channel affine ``x -> sign * x + t`` of its input (:meth:`fold_input_affine`). Returns
+        ``(sign, t)``, or None (nothing changed) when the layer does not end in such a clamp.
+        """
+        if not self.clamp or not isinstance(self.act, nn.Identity):
+            return None
+        lo = self.lo.detach().flatten().double()
+        hi = self.hi.detach().flatten().double()
+        positive = torch.isfinite(lo)
+        shift = torch.where(positive, lo, hi)
+        sign = torch.where(positive, 1.0, -1.0).to(shift)
+        with torch.no_grad():
+            self.weight.mul_(sign.view(-1, 1, 1, 1).to(self.weight))
+            self.bias.copy_(((self.bias.double() - shift) * sign).to(self.bias))
+        self.post, self.relu, self.clamp = POST_RELU, True, False
+        self.lo = self.lo.new_zeros(0)
+        self.hi = self.hi.new_zeros(0)
+        self._refresh()
+        return sign, shift
+
+    def fold_input_affine(self, sign: torch.Tensor, shift: torch.Tensor, start: int = 0) -> None:
+        """Absorb ``x -> sign * x + shift`` applied to input channels ``start:start + len(sign)``.
+
+        Exact only without padding (the zeros of a padded border would not be shifted).
+        """
+        if self.groups != 1 or any(self.padding):
+            raise ValueError(f"cannot fold an input affine into a padded or grouped convolution ({self})")
+        stop = start + sign.numel()
+        with torch.no_grad():
+            part = self.weight[:, start:stop].double()
+            self.bias.add_((part * shift.view(1, -1, 1, 1)).sum((1, 2, 3)).to(self.bias))
+            self.weight[:, start:stop] = (part * sign.view(1, -1, 1, 1)).to(self.weight)
+        self._refresh()
+
+    def permute_outputs(self, order: torch.Tensor) -> None:
+        """Output channel ``i`` becomes the old channel ``order[i]`` (weights, bias and clamp bounds)."""
+        if not isinstance(self.act, nn.Identity):
+            raise ValueError("cannot permute the outputs of a layer with an activation module")
+        with torch.no_grad():
+            self.weight.copy_(self.weight[order])
+            self.bias.copy_(self.bias[order])
+            if self.lo.numel():
+                self.lo = self.lo[:, order].contiguous()
+                self.hi = self.hi[:, order].contiguous()
+        self._refresh()
+
     def extra_repr(self) -> str:
         o, i, kh, kw = self.weight.shape
         post = ("none", "relu", "clamp (folded ReLU -> BN)")[self.post]
         return f"{i * self.groups}, {o}, kernel_size=({kh}, {kw}), stride={tuple(self.stride)}, post={post}"
 
 
+def fold_into_consumers(producer: nn.Module, consumers: list[tuple[nn.Module, int]]) -> bool:
+    """Move ``producer``'s folded ReLU -> BN clamp into ``consumers`` (``(layer, first input channel)``), if all can.
+
+    The producer then runs with a fused ReLU and no clamp pass. Returns whether anything was folded.
+    """
+    if not isinstance(producer, FastConv2d) or not producer.clamp or not isinstance(producer.act, nn.Identity):
+        return False
+    if not consumers or not all(
+        isinstance(c, FastConv2d) and c.groups == 1 and not any(c.padding) for c, _ in consumers
+    ):
+        return False
+    released = producer.release_output_affine()
+    if released is None:
+        return False
+    for consumer, start in consumers:
+        consumer.fold_input_affine(*released, start=start)
+    return True
+
+
 class FastDownBlock(nn.Module):
     """Inference form of :class:`~onenet_med.networks.blocks.OneNetDownBlock`.
 
     -C: one 2x2 stride-2 :class:`FastConv2d` (unshuffle fused into the first dense layer) then the second dense
-    layer; -S: channels-last pixel-unshuffle -> the spatial layer (kept as it is) -> two dense layers.
+    layer; -S: channels-last pixel-unshuffle -> the spatial layer (kept as it is) -> two dense layers. The
+    first layer's folded BatchNorm moves into the second.
 
     Shapes:
         ``(B, C, H, W) -> (B, C_out, H / 2, W / 2)``.
@@ -210,7 +312,7 @@ class FastDownBlock(nn.Module):
     def __init__(self, block: OneNetDownBlock) -> None:
         super().__init__()
         self.fused = block.fused
-        self.spatial = copy.deepcopy(block.spatial).eval()
+        self.spatial = block.spatial.eval()
         conv = block.reduce.conv
         if self.fused:  # PixelUnshuffle orders channels c * 4 + dy * 2 + dx: the weight viewed as (O, C, 2, 2)
             folded = nn.Conv2d(conv.in_channels // 4, conv.out_channels, 2, stride=2)
@@ -220,6 +322,7 @@ class FastDownBlock(nn.Module):
             conv = folded
         self.reduce = FastConv2d.from_conv(conv, list(block.reduce.adn.children()))
         self.refine = _dense(block.refine)
+        fold_into_consumers(self.reduce, [(self.refine, 0)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
@@ -227,11 +330,132 @@ class FastDownBlock(nn.Module):
         return self.refine(self.reduce(self.spatial(pixel_unshuffle_cl(x))))
 
 
+def _shuffle_order(channels: int) -> torch.Tensor:
+    """Output order that makes a pixel shuffle copy whole runs: new channel ``k * C + c`` = old ``c * 4 + k``."""
+    c = channels // 4
+    return (torch.arange(c).view(1, c) * 4 + torch.arange(4).view(4, 1)).flatten()
+
+
+def _shuffle_grouped(x: torch.Tensor) -> torch.Tensor:
+    """``F.pixel_shuffle(x, 2)`` for input channels ordered ``k * C + c`` (see :func:`_shuffle_order`), portable."""
+    b, c4, h, w = x.shape
+    c = c4 // 4
+    return x.reshape(b, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(b, c, 2 * h, 2 * w)
+
+
+class FastUpStage(nn.Module):
+    """Inference form of :class:`~onenet_med.networks.blocks.OneNetUpBlock` (a OneNet-ed decoder stage).
+
+    With ``grouped=True`` its input channels are in the order of :func:`_shuffle_order` (the producer's outputs
+    are permuted once), so on the CPU fast path the pixel shuffle and the concatenation with the skip are one
+    copy into one buffer (``[skip, upsampled]``, as in training) instead of two.
+
+    Shapes:
+        ``(B, 4 C, h, w), skip (B, C_skip, 2h, 2w) -> (B, C_out, 2h, 2w)``.
+    """
+
+    def __init__(self, block: OneNetUpBlock, grouped: bool = False) -> None:
+        super().__init__()
+        self.grouped = grouped
+        self.spatial = block.spatial.eval()
+        self.dense1 = _dense(block.dense1)
+        self.dense2 = _dense(block.dense2)
+        fold_into_consumers(self.dense1, [(self.dense2, 0)])
+
+    def shuffle_cat(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        if not self.grouped:
+            up = F.pixel_shuffle(x, 2)
+            return up if skip is None else torch.cat([skip, up], dim=1)
+        if not _use_onednn(x) or not x.is_contiguous(memory_format=torch.channels_last):
+            up = _shuffle_grouped(x)
+            return up if skip is None else torch.cat([skip, up], dim=1)
+        b, c4, h, w = x.shape
+        c = c4 // 4
+        cs = 0 if skip is None else skip.shape[1]
+        out = torch.empty((b, 2 * h, 2 * w, cs + c), dtype=x.dtype, device=x.device)
+        if skip is not None:
+            out[:, :, :, :cs].copy_(skip.permute(0, 2, 3, 1))
+        grouped = x.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
+        out[:, :, :, cs:].view(b, h, 2, w, 2, c).copy_(grouped)
+        return out.permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dense2(self.dense1(self.spatial(self.shuffle_cat(x, skip))))
+
+
+class FastEDDecoder(nn.Module):
+    """Inference form of :class:`~onenet_med.networks.onenet.OneNetEDDecoder`.
+
+    Every layer feeding a pixel shuffle has its outputs permuted into the grouped order of
+    :func:`_shuffle_order`; the top stage's folded BatchNorm moves into the head. When the top stage has no
+    skip and no spatial layer (-C) and its layers are fully folded, it runs per sub-pixel on the CPU fast path:
+    its dense layers and the head are per pixel, so they run on the ``(B, h, w, 2, 2, C)`` layout that the
+    previous stage produced, and only the head's few output channels are put in image order.
+
+    ``forward(x, skips)`` as the plain decoder (``skips`` shallow first); returns logits ``(B, K, H, W)``.
+    """
+
+    def __init__(self, decoder: OneNetEDDecoder) -> None:
+        super().__init__()
+        stages = list(decoder.stages)
+        self.bottleneck = _dense(decoder.bottleneck)
+        self.head = _convert(decoder.head)
+        self.stages = nn.ModuleList([FastUpStage(stage) for stage in stages[:-1]])
+        self.top = FastUpStage(stages[-1])
+        ordered = [*self.stages, self.top]
+        producers = [self.bottleneck] + [stage.dense2 for stage in ordered[:-1]]
+        self.grouped = all(isinstance(p, FastConv2d) and isinstance(p.act, nn.Identity) for p in producers)
+        if self.grouped:
+            for producer, stage in zip(producers, ordered):
+                producer.permute_outputs(_shuffle_order(producer.weight.shape[0]))
+                stage.grouped = True
+        fold_into_consumers(self.top.dense2, [(self.head, 0)])
+        self.top_per_subpixel = (
+            self.grouped
+            and isinstance(self.top.spatial, nn.Identity)
+            and isinstance(self.head, FastConv2d)
+            and all(isinstance(m.act, nn.Identity) for m in (self.top.dense1, self.top.dense2, self.head))
+        )
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        x = self.bottleneck(x)
+        n = len(skips)
+        for i, stage in enumerate(self.stages):
+            skip: torch.Tensor | None = skips[n - 1 - i] if i < n else None
+            x = stage(x, skip)
+        i = len(self.stages)
+        if i < n:
+            return self.head(self.top(x, skips[n - 1 - i]))
+        if self.top_per_subpixel and _use_onednn(x) and x.is_contiguous(memory_format=torch.channels_last):
+            return self._top_per_subpixel(x)
+        return self.head(self.top(x, None))
+
+    def _top_per_subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        b, c4, h, w = x.shape
+        c = c4 // 4
+        rows = x.permute(0, 2, 3, 1).reshape(1, b * h * w * 4, 1, c).permute(0, 3, 1, 2)  # a channels-last view
+        y = self.head(self.top.dense2(self.top.dense1(rows)))
+        k = y.shape[1]
+        y = y.permute(0, 2, 3, 1).reshape(b, h, w, 2, 2, k).permute(0, 5, 1, 3, 2, 4)
+        return y.reshape(b, k, 2 * h, 2 * w)
+
+
 # ------------------------------------------------------------------------------------------ converters
 
 
 def _dense(layer: ChannelDense) -> FastConv2d:
     return FastConv2d.from_conv(layer.conv, list(layer.adn.children()))
+
+
+def _sequential(seq: nn.Sequential) -> nn.Sequential:
+    """Convert the children, then fold each folded ReLU -> BN into the next layer where it is a plain conv."""
+    _convert_children(seq)
+    if type(seq).forward is not nn.Sequential.forward:  # a subclass with its own data flow
+        return seq
+    layers = list(seq)
+    for producer, consumer in zip(layers[:-1], layers[1:]):
+        fold_into_consumers(producer, [(consumer, 0)])
+    return seq
 
 
 def _convolution(block: Convolution) -> nn.Module:
@@ -254,6 +478,9 @@ def _conv2d(conv: nn.Conv2d) -> nn.Module:
 _CONVERTERS: dict[type, Callable[[nn.Module], nn.Module]] = {
     ChannelDense: _dense,
     OneNetDownBlock: FastDownBlock,
+    OneNetUpBlock: FastUpStage,
+    OneNetEDDecoder: FastEDDecoder,
+    nn.Sequential: _sequential,
     Convolution: _convolution,
     nn.Conv2d: _conv2d,
 }
@@ -316,7 +543,68 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     fast = _convert(fast)
     fast.eval()
     fast.requires_grad_(False)
+    if isinstance(fast, OneNet):
+        fast = _fold_across_blocks(fast)
     return fast
+
+
+def _fold_across_blocks(net: OneNet) -> OneNet:
+    """Fold the clamps of the stem's last layer and of every encoder level into the layers that read them.
+
+    That data flow (stem -> level 1 -> ... -> level L -> decoder, level i's output also the skip of a decoder
+    stage) is ``OneNet.forward``'s, which a subclass or a later change may alter; so the folds are made on a
+    copy, which is kept only if it computes what ``net`` computes on a random input.
+    """
+    trial = copy.deepcopy(net)
+    stem = list(trial.stem) if isinstance(trial.stem, nn.Sequential) else []
+    levels = list(trial.encoder)
+    decoder = trial.decoder
+    if not stem or not levels or not all(isinstance(level, FastDownBlock) for level in levels):
+        return net
+    if isinstance(decoder, FastEDDecoder):
+        stages = [*decoder.stages, decoder.top]
+        deepest = [(decoder.bottleneck, 0)]
+    else:  # the e-variant decoder reads the encoder through zero-padded 3x3 and transposed convolutions
+        stages, deepest = [], []
+
+    def reads(level: int) -> list[tuple[nn.Module, int]] | None:
+        """The layers reading the output of encoder level ``level`` (-1: the stem), or None if one cannot fold."""
+        consumers: list[tuple[nn.Module, int]] = []
+        if level + 1 < len(levels):
+            nxt = levels[level + 1]
+            if not nxt.fused:
+                return None
+            consumers.append((nxt.reduce, 0))
+        elif not deepest:
+            return None
+        else:
+            consumers += deepest
+        if 0 <= level < len(levels) - 1:  # a skip, read first in the concatenation of its decoder stage
+            n = len(levels) - 1
+            if not stages or not isinstance(stages[n - 1 - level].spatial, nn.Identity):
+                return None
+            consumers.append((stages[n - 1 - level].dense1, 0))
+        return consumers
+
+    changed = False
+    for level, producer in [(-1, stem[-1])] + [(i, lv.refine) for i, lv in enumerate(levels)]:
+        consumers = reads(level)
+        if consumers is not None:
+            changed |= fold_into_consumers(producer, consumers)
+    if not changed:
+        return net
+    try:
+        x = torch.randn(
+            1, net.in_channels, 2 * net.multiple, 2 * net.multiple, generator=torch.Generator().manual_seed(0)
+        )
+        x = x.to(next(net.parameters()).device)
+        with torch.no_grad():
+            expected = net(x)
+            got = trial(x)
+        same = bool((got - expected).abs().max() <= 1e-4 * (1 + expected.abs().max()))
+    except Exception:  # a changed forward that this check cannot run: keep the folds inside the blocks only
+        same = False
+    return trial if same else net
 
 
 optimize_children = _convert_children
