@@ -24,7 +24,7 @@ def test_speed_reports_latency_sizes_and_profile(tmp_path, capsys):
     argv += ["--warmup", "0", "--calibration-slices", "2", "--profile", "--workdir", str(tmp_path / "w")]
     assert bench.main(argv + ["--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert set(data["latency"]["1"]) == {"torch_plain", "torch_optimized", "ort_fp32", "ort_int8"}
+    assert set(data["latency"]["1"]) == {"torch_plain", "torch_optimized", "ort_fp32", "ort_int8", "ort_int8_all"}
     assert data["bytes"]["ort_fp32"] == os.path.getsize(tmp_path / "w" / "fp32.onnx")
     assert data["int8_over_fp32_bytes"] == data["bytes"]["ort_int8"] / data["bytes"]["ort_fp32"]
     assert data["logits"]["ort_fp32_vs_torch_optimized"] <= 1e-4 * max(1, data["logits"]["max_abs_logit"])

@@ -20,6 +20,7 @@ from onenet_med.inference.export import (
     SliceCalibrationReader,
     calibration_slices,
     export_bundle,
+    quantize_int8,
 )
 from onenet_med.networks import optimize_for_inference
 from tests.inference_helpers import BUNDLES, TINY, save_checkpoint
@@ -98,23 +99,46 @@ def test_onnx_fp32_logits_within_1e4_of_pytorch_on_preprocessed_slices(exported_
     assert 0 < check["max_abs_diff_vs_torch"] <= 1e-5 * max(1.0, check["max_abs_logit"])
 
 
-def test_int8_is_qdq_with_per_channel_int8_weights(exported_heart):
-    model = onnx.load(exported_heart["onnx-int8"])
-    ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
+def _int8_conv_weights(path):
+    """For every Conv of an ONNX model in graph order: whether its weight comes from a per-output-channel int8
+    DequantizeLinear (else it is a float initializer)."""
+    model = onnx.load(path)
     inits = {i.name: i for i in model.graph.initializer}
-    conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
     dequant = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    assert conv_weights and all(w in dequant for w in conv_weights)  # every conv weight comes from int8
-    for w in conv_weights:
-        q = inits[dequant[w].input[0]]
-        scale = onnx.numpy_helper.to_array(inits[dequant[w].input[1]])
-        assert q.data_type == onnx.TensorProto.INT8
-        assert scale.shape == (q.dims[0],)  # one scale per output channel
+    flags = []
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        weight = node.input[1]
+        if weight in dequant:
+            q = inits[dequant[weight].input[0]]
+            scale = onnx.numpy_helper.to_array(inits[dequant[weight].input[1]])
+            assert q.data_type == onnx.TensorProto.INT8
+            assert scale.shape == (q.dims[0],)  # one scale per output channel
+            flags.append(True)
+        else:
+            assert inits[weight].data_type == onnx.TensorProto.FLOAT
+            flags.append(False)
+    return flags
+
+
+def test_int8_is_qdq_with_per_channel_int8_weights_but_the_first_two_layers(exported_heart):
+    ops = [n.op_type for n in onnx.load(exported_heart["onnx-int8"]).graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
+    flags = _int8_conv_weights(exported_heart["onnx-int8"])
+    assert flags[:2] == [False, False] and all(flags[2:]) and len(flags) == 21  # onenet_ed4: 21 convolutions
     record = json.loads(open(exported_heart["out"] / "model_int8.onnx.json").read())
     quant = record["quantization"]
-    assert quant["calibration_slices"] == 16
+    assert quant["calibration_slices"] == 16 and len(quant["float_layers"]) == 2
     assert os.path.getsize(exported_heart["onnx-int8"]) < quant["fp32_bytes"]
+
+
+@pytest.mark.parametrize("float_layers", [0, 3])
+def test_quantize_int8_keeps_the_first_layers_float(exported_heart, tmp_path, float_layers):
+    slices = [s[None].numpy() for s in _training_slices(exported_heart)[:4]]
+    out = str(tmp_path / "int8.onnx")
+    kept = quantize_int8(exported_heart["onnx"], out, slices, float_layers=float_layers)
+    assert len(kept) == float_layers
+    flags = _int8_conv_weights(out)
+    assert flags == [False] * float_layers + [True] * (len(flags) - float_layers)
 
 
 def test_int8_calibrated_on_the_training_split_only(exported_heart):
