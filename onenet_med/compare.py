@@ -409,15 +409,15 @@ def profile_networks_for_report(
 ) -> dict[str, dict[str, Any]]:
     """Parameters, FLOPs and latency of one ``slice_shape`` (C, H, W) slice for each network as trained.
 
-    Uses :mod:`onenet_med.profiling` when the package has it (the Table 2 profiler); otherwise counts parameters and
-    FLOPs (``torch.utils.flop_counter``) and times no-grad forward passes here.
+    FLOPs are those of the plain network; ``latency_ms`` is that of the inference copy that prediction uses
+    (:func:`onenet_med.networks.optimize_for_inference`), ``latency_plain_ms`` that of the plain network in eval
+    mode, all timed in the same interleaved rounds (:mod:`onenet_med.profiling`).
     """
     import statistics
 
-    import torch
-
+    from onenet_med import profiling
     from onenet_med.data import get_task
-    from onenet_med.networks import get_network
+    from onenet_med.networks import get_network, optimize_for_inference
 
     spec = get_task(task)
     nets = {}
@@ -427,48 +427,18 @@ def profile_networks_for_report(
         }
         nets[name] = get_network(name, spec.in_channels, spec.num_classes, **kwargs).eval()
     shape = (1, *slice_shape)
-    try:  # the Table 2 profiler (issue 2); the fallback below goes once it is on every branch
-        from onenet_med import profiling
-    except ImportError:
-        profiling = None
+    timed = {name: optimize_for_inference(net) for name, net in nets.items()}
+    timed.update({f"{name} (plain)": net for name, net in nets.items()})
+    times = profiling.measure_latency(timed, shape=shape, repeats=5, warmup=1, threads=threads)
     out: dict[str, dict[str, Any]] = {}
-    if profiling is not None:
-        times = profiling.measure_latency(nets, shape=shape, repeats=5, warmup=1, threads=threads)
-        for name, net in nets.items():
-            out[name] = {
-                "params": profiling.count_parameters(net),
-                "param_mb": profiling.parameter_bytes(net) / 1e6,
-                "gflops": profiling.count_flops(net, shape) / 1e9,
-                "latency_ms": 1000 * statistics.median(times[name]),
-            }
-        return out
-    from torch.utils.flop_counter import FlopCounterMode
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        x = torch.randn(*shape)
-        times: dict[str, list[float]] = {n: [] for n in nets}
-        with torch.no_grad():
-            for name, net in nets.items():
-                with FlopCounterMode(display=False) as counter:
-                    net(x)
-                tensors = list(net.parameters()) + list(net.buffers())
-                out[name] = {
-                    "params": sum(p.numel() for p in net.parameters()),
-                    "param_mb": sum(t.numel() * t.element_size() for t in tensors) / 1e6,
-                    "gflops": counter.get_total_flops() / 1e9,
-                }
-            for _ in range(5):  # interleaved rounds: a busy machine slows every network alike
-                for name, net in nets.items():
-                    t0 = time.perf_counter()
-                    net(x)
-                    times[name].append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(previous)
-    for name in nets:
-        out[name]["latency_ms"] = 1000 * statistics.median(times[name])
+    for name, net in nets.items():
+        out[name] = {
+            "params": profiling.count_parameters(net),
+            "param_mb": profiling.parameter_bytes(net) / 1e6,
+            "gflops": profiling.count_flops(net, shape) / 1e9,
+            "latency_ms": 1000 * statistics.median(times[name]),
+            "latency_plain_ms": 1000 * statistics.median(times[f"{name} (plain)"]),
+        }
     return out
 
 
@@ -744,6 +714,7 @@ def write_report(
                 prof.get("param_mb"),
                 prof.get("gflops"),
                 prof.get("latency_ms"),
+                prof.get("latency_plain_ms"),
                 tr["iterations"],
                 tr["s_per_iteration"],
                 e["seconds"].get("train"),
@@ -758,6 +729,7 @@ def write_report(
                 "Param size (MB)",
                 f"GFLOPs / slice {tuple(shape) if shape else ''}",
                 "Latency / slice (ms)",
+                "Plain network (ms)",
                 "Train iterations",
                 "s / iteration",
                 "Train wall (s)",
@@ -770,7 +742,9 @@ def write_report(
     lines += [
         "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median "
         f"no-grad forward pass of one slice (batch 1) on this machine ({results.get('profile_threads') or 'default'} "
-        "thread(s)). s / iteration: median training step from the "
+        "thread(s)) by the inference copy that prediction uses (onenet_med.networks.optimize_for_inference: "
+        "BatchNorm folded, oneDNN on CPU); plain network: the trained modules in eval mode, same rounds. "
+        "s / iteration: median training step from the "
         "TensorBoard wall times (validation excluded). Wall times include process start-up, data loading, "
         "validation and checkpoints. A shared machine makes every timing noisy; compare rows of the same run.",
         "",

@@ -13,7 +13,9 @@ For each network (``in_channels=3, out_channels=4`` unless told otherwise) :func
   events (``torch.profiler`` with ``profile_memory=True``), input and output included; "total" adds the
   parameters and buffers. On CUDA it is ``torch.cuda.max_memory_allocated`` over the forward pass;
 - **latency**: median wall time of a no-grad forward pass after warm-up, with ``torch.set_num_threads``
-  threads, the networks timed in interleaved rounds so that a noisy, shared machine slows all of them alike.
+  threads, the networks timed in interleaved rounds so that a noisy, shared machine slows all of them alike:
+  ``latency_ms`` of the inference copy that prediction uses (:func:`onenet_med.networks.optimize_for_inference`:
+  BatchNorm folded, oneDNN calls on CPU), ``latency_plain_ms`` of the network as built, in eval mode.
 
 The paper's Table 2 is printed alongside. Its "GFLOPS" column is 2 x the multiply-adds counted by torchinfo,
 which counts a ConvTranspose2d's multiply-adds 4x too high (it charges the full kernel to every output pixel);
@@ -236,9 +238,11 @@ def profile_networks(
 
     Returns:
         one dict per network with keys ``network, params, params_m, param_mb, gflops_<S>, peak_activation_mb,
-        total_memory_mb, latency_ms, latency_ms_all, threads, paper`` (``paper`` None where the paper has no row).
+        total_memory_mb, latency_ms, latency_ms_all, latency_plain_ms, latency_plain_ms_all, threads, paper``
+        (``paper`` None where the paper has no row). Parameters, FLOPs and memory are those of the network as
+        built; ``latency_ms`` is that of its inference copy, ``latency_plain_ms`` that of the network as built.
     """
-    from onenet_med.networks import get_network
+    from onenet_med.networks import get_network, optimize_for_inference
 
     nets = {name: get_network(name, in_channels, out_channels, **overrides).eval() for name in names}
     rows: list[dict[str, Any]] = []
@@ -254,10 +258,13 @@ def profile_networks(
         row["paper"] = PAPER_TABLE2.get(name) if (in_channels, out_channels, size) == (3, 4, 256) else None
         rows.append(row)
     if latency:
-        times = measure_latency(nets, (1, in_channels, size, size), repeats, warmup, threads, device)
+        timed = {name: optimize_for_inference(net) for name, net in nets.items()}
+        timed.update({f"{name} (plain)": net for name, net in nets.items()})
+        times = measure_latency(timed, (1, in_channels, size, size), repeats, warmup, threads, device)
         for row in rows:
-            row["latency_ms_all"] = [t * 1e3 for t in times[row["network"]]]
-            row["latency_ms"] = statistics.median(row["latency_ms_all"])
+            for key, name in (("latency_ms", row["network"]), ("latency_plain_ms", f"{row['network']} (plain)")):
+                row[f"{key}_all"] = [t * 1e3 for t in times[name]]
+                row[key] = statistics.median(row[f"{key}_all"])
     for row in rows:
         row["threads"] = threads
         row["input_size"] = size
@@ -269,13 +276,15 @@ def format_table(rows: list[dict[str, Any]], flop_sizes: Sequence[int] = (256, 5
     """The rows as a text table, with the paper's values and the note on how the paper counted."""
     size = rows[0]["input_size"] if rows else 256
     head = ["network", "params M", "param MB"] + [f"GFLOPs@{s}" for s in flop_sizes]
-    head += [f"peak act MB@{size}", "total MB", f"latency ms@{size}", "| paper: M", "MB", "GFLOPS", "mem MB"]
+    head += [f"peak act MB@{size}", "total MB", f"latency ms@{size}", "plain ms", "| paper: M", "MB", "GFLOPS"]
+    head.append("mem MB")
     lines = [head]
     for row in rows:
         cells = [row["network"], f"{row['params_m']:.2f}", f"{row['param_mb']:.2f}"]
         cells += [f"{row[f'gflops_{s}']:.2f}" for s in flop_sizes]
         cells += [f"{row['peak_activation_mb']:.1f}", f"{row['total_memory_mb']:.1f}"]
         cells.append(f"{row['latency_ms']:.1f}" if "latency_ms" in row else "-")
+        cells.append(f"{row['latency_plain_ms']:.1f}" if "latency_plain_ms" in row else "-")
         paper = row.get("paper")
         if paper:
             cells += [f"| {paper['params_m']:.2f}", f"{paper['param_mb']:.2f}", f"{paper['gflops']:.2f}"]
@@ -293,7 +302,8 @@ def format_table(rows: list[dict[str, Any]], flop_sizes: Sequence[int] = (256, 5
         PAPER_NOTE,
         "Peak activation memory: largest total of live tensors during one no-grad forward pass (torch.profiler "
         "allocation events on CPU); total adds parameters and buffers. MB = 10^6 bytes.",
-        f"Latency: median of interleaved no-grad forward passes after warm-up, device {device}, threads {threads}.",
+        f"Latency: median of interleaved no-grad forward passes after warm-up, device {device}, threads {threads}: "
+        "the inference copy (optimize_for_inference: BatchNorm folded, oneDNN on CPU); plain: the network as built.",
     ]
     return text + "\n\n" + "\n".join(footer)
 

@@ -18,6 +18,7 @@ from onenet_med.compare import (
     metric_value,
     network_overrides,
     parse_check,
+    profile_networks_for_report,
     shared_overrides,
     write_report,
 )
@@ -201,7 +202,7 @@ def _results(tmp_path, prediction=None, truth=None):
             "train_loss": [[1, 1.0], [2, 0.5]],
             "validation": {"ce": [[2, 0.4]], "dice": [[2, 0.9]], "dice_grey matter": [[2, 0.92]]},
         },
-        "profile": {"params": 572676, "param_mb": 2.3, "gflops": 1.25, "latency_ms": 40.0},
+        "profile": {"params": 572676, "param_mb": 2.3, "gflops": 1.25, "latency_ms": 40.0, "latency_plain_ms": 55.0},
     }
     if prediction:
         entry["prediction"] = str(prediction)
@@ -243,7 +244,7 @@ def test_write_report_tables_checks_volumes_and_plots(tmp_path):
     assert "| unet4 | 0.3000 | 1.0000 | 0.8000 | 0.5000 | 0.9100 |" in text
     assert "| onenet_ed4 | 0.8000 | 0.9200 | 0.9500 | 0.9000 |" in text  # per class per slice + mean
     assert "| onenet_ed4 | 0.8200 | 0.9300 | – | 0.9100 |" in text  # per 3D case, white matter undefined
-    assert "| onenet_ed4 | 0.573 | 2.300 | 1.250 | 40.000 | 6 | 0.500 | 12.000 | 3.000 |" in text  # Table 2
+    assert "| onenet_ed4 | 0.573 | 2.300 | 1.250 | 40.000 | 55.000 | 6 | 0.500 | 12.000 | 3.000 |" in text  # Table 2
     assert "- PASS: onenet_ed4: dice >= 0.85 (measured 0.9000)" in text
     assert "- FAIL: onenet_ed4: dice_white matter >= 0.99 (measured 0.9500)" in text
     assert "| ground truth | 0.0 | 1.8 | 0.1 |" in text  # mL: CSF 0, grey 1.84, white 0.08
@@ -251,6 +252,18 @@ def test_write_report_tables_checks_volumes_and_plots(tmp_path):
     assert "onenet-med data demo --out d\nonenet-med compare --bundle b" in text
     assert "python -m monai.bundle run --x 1" in text and "- cpu: test cpu" in text
     assert "![Prediction vs ground truth](overlays.png)" in text
+
+
+def test_profile_for_report_times_the_inference_copy_and_the_plain_network():
+    profile = profile_networks_for_report("demo", ["onenet_ed4", "basicunet"], 4, (1, 32, 24), threads=1)
+    assert set(profile) == {"onenet_ed4", "basicunet"}
+    plain = get_network("onenet_ed4", 1, 4, features=4)
+    row = profile["onenet_ed4"]
+    assert row["params"] == sum(p.numel() for p in plain.parameters())
+    from onenet_med.profiling import count_flops
+
+    assert row["gflops"] == pytest.approx(count_flops(plain, (1, 1, 32, 24)) / 1e9)  # FLOPs of the plain network
+    assert row["latency_ms"] > 0 and row["latency_plain_ms"] > 0
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from onenet_med.networks import (
     ChannelDense,
     OneNet,
     OneNetDownBlock,
+    OneNetUpBlock,
     SpatialConv1d,
     get_network,
     list_networks,
@@ -54,6 +55,81 @@ def literal_spatial_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         conv.bias.copy_(bias)
     y = torch.relu(conv(x.permute(0, 2, 3, 1).reshape(b, 1, h * w * c)))
     return y.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
+    """BatchNorm running statistics and affine parameters far from their initial values (as after training): with
+    the initial ones (mean 0, var 1, gamma 1, beta 0) BN is almost the identity and hides its position."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(c, generator=generator) - 0.5)
+    return net
+
+
+def literal_batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Eval-mode BatchNorm written out: (x - mean) / sqrt(var + eps) * gamma + beta."""
+    shape = (1, -1, 1, 1)
+    mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
+    return (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+
+
+def literal_dense(x: torch.Tensor, layer: ChannelDense) -> torch.Tensor:
+    """The authors' 1D layer: Conv1d(kernel = stride = C_in) over the channel-last sequence -> ReLU -> BatchNorm."""
+    y = torch.relu(literal_channel_conv(x, layer.conv.weight, layer.conv.bias))
+    return literal_batch_norm(y, layer.adn.N)
+
+
+def literal_onenet(net: OneNet, x: torch.Tensor) -> torch.Tensor:
+    """OneNet as the paper and the authors' code describe it, written plainly with the weights of ``net``.
+
+    Zero padding at the bottom/right to a multiple of 2**levels; stem of 1D layers; encoder levels of
+    nn.PixelUnshuffle(2) -> [reflection-padded spatial Conv1d + ReLU] -> two 1D layers; ed: bottleneck, stages of
+    nn.PixelShuffle(2) -> concat [skip, upsampled] -> [spatial] -> two 1D layers, 1D head; e: stages of
+    ConvTranspose2d -> concat [skip, upsampled] -> two 3x3 Conv -> BN -> ReLU (the top stage without BN/ReLU),
+    3x3 head; crop back.
+    """
+    b, _, h, w = x.shape
+    m = 2**net.levels
+    x = F.pad(x, [0, (m - w % m) % m, 0, (m - h % m) % m])
+    for layer in net.stem:
+        x = literal_dense(x, layer)
+    skips = []
+    for level in net.encoder:
+        x = nn.PixelUnshuffle(2)(x)
+        if isinstance(level.spatial, SpatialConv1d):
+            x = literal_spatial_conv(x, level.spatial.weight, level.spatial.bias)
+        x = literal_dense(literal_dense(x, level.reduce), level.refine)
+        skips.append(x)
+    skips = skips[:-1][::-1]  # deepest first
+    if net.variant == "ed":
+        x = literal_dense(x, net.decoder.bottleneck)
+        for i, stage in enumerate(net.decoder.stages):
+            x = nn.PixelShuffle(2)(x)
+            if i < len(skips):
+                x = torch.cat([skips[i], x], dim=1)
+            if isinstance(stage.spatial, SpatialConv1d):
+                x = literal_spatial_conv(x, stage.spatial.weight, stage.spatial.bias)
+            x = literal_dense(literal_dense(x, stage.dense1), stage.dense2)
+        head = net.decoder.head
+        x = literal_channel_conv(x, head.weight, head.bias)
+    else:
+        for i, stage in enumerate(net.decoder.stages):
+            x = F.conv_transpose2d(x, stage.up.weight, stage.up.bias, stride=2)
+            if i < len(skips):
+                x = torch.cat([skips[i], x], dim=1)
+            for block in stage.convs:
+                x = F.conv2d(x, block.conv.weight, block.conv.bias, padding=1)
+                if i < len(net.decoder.stages) - 1:
+                    x = torch.relu(literal_batch_norm(x, block.adn.N))
+        head = net.decoder.head.conv
+        x = F.conv2d(x, head.weight, head.bias, padding=1)
+    return x[:, :, :h, :w]
 
 
 # ---------------------------------------------------------------- registry and arguments
@@ -174,13 +250,49 @@ def test_output_shape(name, in_channels, out_channels, bhw):
     assert y.is_contiguous()
 
 
-def test_output_does_not_depend_on_memory_format():
-    net = small_network("onenet_ed4_s").eval()
+@parameterized.expand([(name,) for name in ("onenet_ed4", "onenet_ed4_s", "onenet_e4")])
+def test_layers_run_on_channels_last_activations(name):
+    """The network converts its input to channels-last once, so every 1D layer runs as a GEMM on
+    channels-last memory, whatever the caller's memory format; the logits come back NCHW-contiguous."""
+    net = small_network(name).eval()
+    seen = []
+    for module in net.modules():
+        if isinstance(module, (ChannelDense, OneNetDownBlock, SpatialConv1d)):
+            module.register_forward_pre_hook(
+                lambda mod, args: seen.append(
+                    (type(mod).__name__, args[0].is_contiguous(memory_format=torch.channels_last))
+                )
+            )
     x = torch.randn(2, 3, 40, 24)
     with torch.no_grad():
         a = net(x)
         b = net(x.contiguous(memory_format=torch.channels_last))
+    assert seen and all(channels_last for _, channels_last in seen), [n for n, cl in seen if not cl]
+    assert a.is_contiguous() and b.is_contiguous()
     torch.testing.assert_close(a, b)
+
+
+@parameterized.expand([("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)])
+def test_blocks_equal_literal_in_both_memory_formats(_, memory_format):
+    """Each block on its own (no conversion by the network) gives the literal result for either memory format."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 10).contiguous(memory_format=memory_format)
+    for spatial_kernel in (None, 9):
+        block = trained_like(OneNetDownBlock(8, 16, spatial_kernel)).eval()
+        u = nn.PixelUnshuffle(2)(x)
+        if spatial_kernel:
+            u = literal_spatial_conv(u, block.spatial.weight, block.spatial.bias)
+        expected = literal_dense(literal_dense(u, block.reduce), block.refine)
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), expected, rtol=1e-4, atol=1e-5)
+    up = trained_like(OneNetUpBlock(32, 8, 12, spatial_kernel=9)).eval()
+    low = torch.randn(2, 32, 6, 5).contiguous(memory_format=memory_format)
+    cat = torch.cat([x, nn.PixelShuffle(2)(low)], dim=1)
+    expected = literal_dense(
+        literal_dense(literal_spatial_conv(cat, up.spatial.weight, up.spatial.bias), up.dense1), up.dense2
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(up(low, x), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_batch_items_are_independent_in_eval_mode():
@@ -296,6 +408,21 @@ def test_authors_layer_order_and_heads():
     assert [m for m in e.decoder.stages[0].modules() if isinstance(m, nn.BatchNorm2d)]
 
 
+@parameterized.expand([(name, bhw) for name in ONENET_NAMES for bhw in ((2, 37, 50), (1, 64, 16))])
+def test_whole_network_equals_literal_formulation(name, bhw):
+    """The registry network with its defaults (only narrower) equals the paper's layers written plainly
+    (``literal_onenet``) with the same weights, on sizes that need padding and on multiples."""
+    torch.manual_seed(0)
+    net = trained_like(get_network(name, 3, 4, features=8)).eval()
+    b, h, w = bhw
+    x = torch.randn(b, 3, h, w)
+    with torch.no_grad():
+        expected = literal_onenet(net, x)
+        got = net(x)
+    assert got.shape == expected.shape == (b, 4, h, w)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------- gradients: no dead weights
 
 
@@ -330,15 +457,37 @@ def test_ed_c_output_depends_only_on_its_own_block(name):
     assert (g[inside] > 0).float().mean() > 0.9
 
 
-def test_ed_s_adds_horizontal_context_only():
-    net = small_network("onenet_ed4_s").eval()
-    x = torch.randn(1, 3, 48, 192)  # 12 blocks per row: the probe's context never reaches a row end
-    row, col = 16 + 7, 6 * 16 + 3
+def _positive_weights(net: nn.Module, seed: int) -> nn.Module:
+    """Every weight positive, biases zero, BN the identity: with a positive input no ReLU is ever off, so the
+    input gradient is non-zero exactly on the structural receptive field (for any seed)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            else:
+                p.uniform_(0.1, 1.0)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.weight.fill_(1.0)
+    return net
+
+
+@parameterized.expand([(seed,) for seed in range(3)])
+def test_ed_s_adds_horizontal_context_only(seed):
+    net = _positive_weights(small_network("onenet_ed4_s"), seed).eval()
+    x = torch.rand(1, 3, 48, 192) + 0.5  # 12 blocks per row: the probe's context never reaches a row end
+    row, col = 16 + 7, 6 * 16 + 3  # inside block (1, 6)
     g = _input_gradient(net, x, row, col)
     rows = g.sum(1).nonzero().flatten()
     cols = g.sum(0).nonzero().flatten()
-    assert rows.min() >= 16 and rows.max() < 32  # the block's own rows only
-    assert cols.min() < 6 * 16 or cols.max() >= 7 * 16  # context beyond the block, horizontally
+    assert rows.min() == 16 and rows.max() == 31  # all of the block's rows, no other row
+    assert cols.min() < 6 * 16 and cols.max() >= 7 * 16  # context from the blocks on both sides
+    assert cols.min() > 0 and cols.max() < 191  # ... but bounded (k = 9 taps per spatial layer)
+    c_net = _positive_weights(small_network("onenet_ed4"), seed).eval()
+    c_cols = _input_gradient(c_net, x, row, col).sum(0).nonzero().flatten()
+    assert c_cols.min() == 6 * 16 and c_cols.max() == 7 * 16 - 1  # -C: exactly its own block
 
 
 def test_e_variant_reaches_beyond_the_block():

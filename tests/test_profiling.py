@@ -115,10 +115,12 @@ def test_profile_rows_and_table():
     assert [r["network"] for r in rows] == ["onenet_ed4", "unet4"]
     for row in rows:
         assert row["params"] > 0 and row["gflops_512"] == pytest.approx(4 * row["gflops_256"], rel=1e-6)
-        assert row["total_memory_mb"] > row["peak_activation_mb"] > 0 and row["latency_ms"] > 0
+        assert row["total_memory_mb"] > row["peak_activation_mb"] > 0
+        assert row["latency_ms"] > 0 and row["latency_plain_ms"] > 0  # inference copy and network as built
+        assert len(row["latency_ms_all"]) == len(row["latency_plain_ms_all"]) == 1
         assert row["paper"] is None  # size 32: the paper's numbers are for 256x256
     text = format_table(rows)
-    assert "onenet_ed4" in text and "torchinfo" in text and "ConvTranspose2d" in text
+    assert "onenet_ed4" in text and "torchinfo" in text and "ConvTranspose2d" in text and "plain ms" in text
 
 
 def test_paper_table2_has_every_row():

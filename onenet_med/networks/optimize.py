@@ -135,7 +135,10 @@ class FastConv2d(nn.Module):
         act: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone().contiguous(), requires_grad=False)
+        # channels-last weights: oneDNN would otherwise convert a k x k weight on every call (18 MB for a
+        # 1024 -> 512 3x3 layer, ~35 ms at one thread)
+        weight = weight.detach().clone().contiguous(memory_format=torch.channels_last)
+        self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone().contiguous(), requires_grad=False)
         self.stride = [int(s) for s in stride]
         self.padding = [int(p) for p in padding]
