@@ -235,3 +235,17 @@ def test_unknown_format_is_refused(tmp_path):
         export_bundle(HEART, tmp_path, "tflite")
     with pytest.raises(SystemExit):
         main(["export", "--bundle", str(HEART), "--format", "tflite", "--out", str(tmp_path)])
+
+
+def test_calibration_slices_of_a_natural_image_task_are_its_training_images(tmp_path):
+    """VOC: one slice per training image, after the bundle's preprocessing (RGB, resized to 256x256)."""
+    from tests.data_trees import make_voc_tree
+
+    voc = make_voc_tree(tmp_path)
+    parser = load_bundle_config(BUNDLES / "onenet_voc", {"dataset_dir": str(voc)})
+    slices, files = calibration_slices(parser, 5)
+    train = [str(t["image"]) for t in get_datalists("voc", voc)["train"]]
+    assert files == train and len(slices) == len(train) == 2  # fewer images than asked for: each once
+    expected = parser.get_parsed_content("preprocessing")({"image": train[1]})["image"].as_tensor().numpy()
+    assert slices[1].shape == (1, 3, 256, 256)
+    np.testing.assert_array_equal(slices[1][0], expected)

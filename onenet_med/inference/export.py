@@ -101,7 +101,7 @@ def calibration_slices(
 
     Cases are taken evenly over the training list (all when there are fewer than ``count``), slices evenly along
     ``axis`` of each volume (the Predictor's slicing axis after RAS orientation); natural-image tasks give one slice
-    per image.
+    per image, so at most as many slices as training images.
 
     Args:
         parser: the bundle's config (:func:`onenet_med.inference.load_bundle_config`, with ``dataset_dir``).
