@@ -324,7 +324,9 @@ def dice(args: argparse.Namespace) -> dict[str, Any]:
         max_diff = max(max_diff, float((predictors["ort_fp32"].network(x) - expected).abs().max()))
     summary = {
         name: {
-            key: float(np.mean([s[key] for s in per_case])) for key in per_case[0] if not key.startswith(("ap50", "map50", "ce"))
+            key: float(np.mean([s[key] for s in per_case]))
+            for key in per_case[0]
+            if not key.startswith(("ap50", "map50", "ce"))
         }
         for name, per_case in scores.items()
     }

@@ -15,6 +15,11 @@ Usage::
 
 Networks are freshly initialised (the weights do not change the time); building them is not timed. Each
 measurement runs ``--repeats`` times and the fastest run is reported (the least disturbed by other load).
+
+``--backends torch onnxruntime onnxruntime-int8`` also runs every network through the ONNX Runtime backend
+(``Predictor(..., backend="onnxruntime")``: the same preprocessing, slicing and inversion), exported like
+``onenet-med export`` does (``optimize_for_inference``, fp32; int8 calibrated on 16 preprocessed slices of the
+benchmark volume); exporting is not timed. Rows are named ``network`` (torch) and ``network:backend``.
 """
 
 from __future__ import annotations
@@ -53,19 +58,53 @@ def make_volume(path: str | os.PathLike, shape=(320, 320, 130), seed: int = 0) -
     return os.fspath(path)
 
 
-def build_predictor(network: str, batch_slices: int | None, device: str, bundle: Path) -> Predictor:
-    """The bundle's preprocessing and ``network_def`` with ``network_name`` overridden (fresh weights)."""
+def build_predictor(
+    network: str,
+    batch_slices: int | None,
+    device: str,
+    bundle: Path,
+    backend: str = "torch",
+    workdir: str | None = None,
+    image: str | None = None,
+) -> tuple[Predictor, int]:
+    """The bundle's preprocessing and ``network_def`` with ``network_name`` overridden (fresh weights); for the
+    ``onnxruntime`` / ``onnxruntime-int8`` backends that network exported into ``workdir`` (int8 calibrated on
+    slices of ``image``). Returns the predictor and the network's parameter count."""
     parser = load_bundle_config(bundle, {"network_name": network})
     net = parser.get_parsed_content("network_def")
+    parameters = sum(p.numel() for p in net.parameters())
     batch = batch_slices or int(parser.get_parsed_content("batch_size"))
-    return Predictor(
+    preprocessing = parser.get_parsed_content("preprocessing")
+    spec = parser.get_parsed_content("task_spec")
+    if backend != "torch":
+        net = export_for_backend(net, backend, spec.in_channels, workdir, preprocessing, image)
+    predictor = Predictor(
         net,
-        parser.get_parsed_content("preprocessing"),
-        parser.get_parsed_content("task_spec"),
+        preprocessing,
+        spec,
         device=device,
         batch_slices=batch,
         name=f"{bundle.name}:{network}",
+        backend="torch" if backend == "torch" else "onnxruntime",
     )
+    return predictor, parameters
+
+
+def export_for_backend(net, backend: str, in_channels: int, workdir: str, preprocessing, image: str) -> str:
+    """``net`` as ONNX the way ``onenet-med export`` writes it: fp32, or int8 calibrated on 16 slices of ``image``."""
+    from onenet_med.inference.export import export_onnx, quantize_int8
+    from onenet_med.networks import optimize_for_inference
+
+    fp32 = os.path.join(workdir, f"{id(net)}_fp32.onnx")
+    export_onnx(optimize_for_inference(net), fp32, in_channels)
+    if backend == "onnxruntime":
+        return fp32
+    volume = preprocessing({"image": image})["image"].as_tensor()  # (C, H, W, D)
+    depth = volume.shape[-1]
+    slices = [volume[..., int((k + 0.5) * depth / 16)][None].contiguous().numpy() for k in range(16)]
+    int8 = os.path.join(workdir, f"{id(net)}_int8.onnx")
+    quantize_int8(fp32, int8, slices)
+    return int8
 
 
 def _sync(device: torch.device) -> None:
@@ -121,14 +160,16 @@ def run(args: argparse.Namespace) -> dict:
             "repeats": args.repeats,
             "networks": {},
         }
-        for name in args.networks:
-            predictor = build_predictor(name, args.batch_slices, str(device), bundle)
+        for name, backend in [(n, b) for n in args.networks for b in args.backends]:
+            predictor, parameters = build_predictor(name, args.batch_slices, str(device), bundle, backend, tmp, image)
+            key = name if backend == "torch" else f"{name}:{backend}"
             warm_up(predictor, min(args.size, 64))
             entry: dict = {
-                "parameters": sum(p.numel() for p in predictor.network.parameters()),
+                "parameters": parameters,
                 "batch_slices": predictor.batch_slices,
+                "backend": backend,
             }
-            if name == args.reference or args.forward_all:
+            if (name == args.reference and backend == "torch") or args.forward_all:
                 entry["forward_seconds"] = min(forward_only(predictor, image) for _ in range(args.repeats))
             runs = [end_to_end(predictor, image, str(Path(tmp) / f"{name}_seg.nii.gz")) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["seconds"])
@@ -140,8 +181,8 @@ def run(args: argparse.Namespace) -> dict:
             )
             if "forward_seconds" in entry:
                 entry["end_to_end_over_forward"] = best["seconds"] / entry["forward_seconds"]
-            report["networks"][name] = entry
-            print(_line(name, entry), file=sys.stderr, flush=True)
+            report["networks"][key] = entry
+            print(_line(key, entry), file=sys.stderr, flush=True)
             del predictor
     ref = report["networks"].get(args.reference)
     if ref is not None:
@@ -160,7 +201,7 @@ def _line(name: str, e: dict) -> str:
         else ""
     )
     return (
-        f"{name:12s} end-to-end {e['end_to_end_seconds']:.2f} s ({e['volumes_per_minute']:.2f} volumes/min), "
+        f"{name:27s} end-to-end {e['end_to_end_seconds']:.2f} s ({e['volumes_per_minute']:.2f} volumes/min), "
         f"{fwd}steps {e['steps']}"
     )
 
@@ -171,14 +212,14 @@ def print_table(report: dict) -> None:
         f"{report['threads']} thread(s), best of {report['repeats']}"
     )
     head = ("params", 11), ("e2e s", 9), ("fwd s", 9), ("e2e/fwd", 8), ("vol/min", 8), ("e2e vs ref", 10)
-    print(f"{'network':12s} " + " ".join(f"{h:>{w}s}" for h, w in head))
+    print(f"{'network':27s} " + " ".join(f"{h:>{w}s}" for h, w in head))
     for name, e in report["networks"].items():
         fwd = f"{e['forward_seconds']:9.2f}" if "forward_seconds" in e else f"{'-':>9s}"
         ratio = f"{e['end_to_end_over_forward']:8.3f}" if "end_to_end_over_forward" in e else f"{'-':>8s}"
         rel = report.get("end_to_end_vs_reference", {}).get(name)
         rel_s = f"{rel:10.2f}" if rel is not None else f"{'-':>10s}"
         print(
-            f"{name:12s} {e['parameters']:11,d} {e['end_to_end_seconds']:9.2f} {fwd} {ratio} "
+            f"{name:27s} {e['parameters']:11,d} {e['end_to_end_seconds']:9.2f} {fwd} {ratio} "
             f"{e['volumes_per_minute']:8.3f} {rel_s}"
         )
     ratio = report.get("end_to_end_over_forward")
@@ -199,6 +240,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS / torch's)")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch"],
+        choices=["torch", "onnxruntime", "onnxruntime-int8"],
+        help="what runs the network (default torch); ONNX Runtime needs the onnx extra",
+    )
     p.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to PATH, or stdout)")
     return p.parse_args(argv)
 

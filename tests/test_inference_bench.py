@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 _SPEC = importlib.util.spec_from_file_location(
     "bench_predict", Path(__file__).parents[1] / "scripts" / "bench_predict.py"
@@ -41,3 +42,19 @@ def test_report(tmp_path, capsys):
     assert set(ref["steps"]) == {"load", "preprocess", "inference", "postprocess", "save"}
     assert report["end_to_end_vs_reference"]["onenet_ed4"] == 1.0
     assert "end-to-end / forward" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_report_with_onnxruntime_backends(tmp_path):
+    pytest.importorskip("onnxruntime")
+    report = bench.main(
+        ["--size", "32", "--slices", "3", "--networks", "onenet_ed4", "--batch-slices", "2",
+         "--backends", "torch", "onnxruntime", "onnxruntime-int8", "--json", str(tmp_path / "b.json")]
+    )  # fmt: skip
+    rows = report["networks"]
+    assert list(rows) == ["onenet_ed4", "onenet_ed4:onnxruntime", "onenet_ed4:onnxruntime-int8"]
+    assert [r["backend"] for r in rows.values()] == ["torch", "onnxruntime", "onnxruntime-int8"]
+    assert len({r["parameters"] for r in rows.values()}) == 1 and rows["onenet_ed4"]["parameters"] > 0
+    for row in rows.values():
+        assert row["slices"] == 3 and row["volumes_per_minute"] == 60 / row["end_to_end_seconds"]
+    assert "forward_seconds" in rows["onenet_ed4"] and "forward_seconds" not in rows["onenet_ed4:onnxruntime"]
