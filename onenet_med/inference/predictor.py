@@ -10,6 +10,9 @@ Typical use (notebook)::
     result.volume_ml  # {"background": ..., "left atrium": 98.2}
     predictor.save(result, "out/la_003_seg.nii.gz")  # exact input geometry (sform and qform)
 
+    # the same with an exported model (onenet-med export) on ONNX Runtime: only the forward pass differs
+    fast = Predictor.from_bundle("bundles/onenet_heart", backend="onnxruntime", model="exported/model_int8.onnx")
+
 What happens to one volume (each step is the bundle's own, so results equal ``monai.bundle run`` with
 ``inference.json``):
 
