@@ -62,15 +62,21 @@ def add_parser(subparsers) -> None:
         help="slicing axis after RAS orientation: axial (default), coronal, sagittal or 0/1/2",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument(
+    add_override_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """``--override KEY=VALUE`` (repeatable), read back by :func:`parse_overrides`."""
+    parser.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="bundle config override, VALUE parsed as JSON when possible (e.g. network_def#features=8); repeatable",
+        help="bundle config override used in training, VALUE parsed as JSON when possible "
+        "(e.g. network_def#features=8); repeatable",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -389,6 +389,8 @@ def export_bundle(
 
 def add_parser(subparsers) -> None:
     """Register ``onenet-med export``."""
+    from onenet_med.inference.cli import add_override_option
+
     p = subparsers.add_parser(
         "export",
         help="export a trained bundle's network as ONNX (fp32 / int8) or TorchScript",
@@ -411,13 +413,7 @@ def add_parser(subparsers) -> None:
         metavar="N",
         help=f"training slices that calibrate int8 (default {DEFAULT_CALIBRATION_SLICES})",
     )
-    p.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="bundle config override used in training (e.g. network_def#features=16); repeatable",
-    )
+    add_override_option(p)
     p.add_argument(
         "--float-layers",
         type=int,
