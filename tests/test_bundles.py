@@ -148,6 +148,41 @@ def test_train_evaluate_infer(bundle, tmp_path):
         assert out.dtype == np.uint8 and out.max() < spec.num_classes
 
 
+def test_inference_and_evaluation_run_the_inference_copy(tmp_path):
+    """inference.json and evaluate.json load the checkpoint into the plain network, then run its inference copy
+    (optimize true, the default) or the network itself (optimize false), with the same results."""
+    from onenet_med.networks.optimize import FastConv2d
+
+    dataset_dir = make_dataset("onenet_heart", tmp_path / "data")
+    run(workflow("onenet_heart", "train", tmp_path, dataset_dir))
+    outputs = {}
+    for optimize in (True, False):
+        out = tmp_path / f"out_{optimize}"
+        for kind in ("eval", "infer"):
+            wf = workflow("onenet_heart", kind, tmp_path, dataset_dir, optimize=optimize, output_dir=str(out))
+            run(wf)
+            evaluator = wf.parser.get_parsed_content("evaluator")
+            plain = wf.parser.get_parsed_content("network")
+            fast = [m for m in evaluator.network.modules() if isinstance(m, FastConv2d)]
+            assert (evaluator.network is not plain and len(fast) > 0) == optimize, kind
+        outputs[optimize] = (json.loads((out / "metrics.json").read_text()), sorted((out / "predictions").iterdir()))
+    (metrics, predictions), (plain_metrics, plain_predictions) = outputs[True], outputs[False]
+    assert metrics["dice"] == pytest.approx(plain_metrics["dice"], abs=1e-6)
+    assert [p.name for p in predictions] == [p.name for p in plain_predictions]
+    for a, b in zip(predictions, plain_predictions):
+        np.testing.assert_array_equal(np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj))
+
+
+def test_training_with_channels_last(tmp_path):
+    dataset_dir = make_dataset("onenet_heart", tmp_path / "data")
+    wf = workflow("onenet_heart", "train", tmp_path, dataset_dir, network_name="unet4", channels_last=True)
+    run(wf)
+    network = wf.parser.get_parsed_content("train#trainer").network
+    weights = [p for p in network.parameters() if p.dim() == 4 and p.shape[-1] == 3 and p.shape[1] > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
+
+
 def test_pets_breed_override(tmp_path):
     """One override turns the trimap bundle into the 38-class breed bundle."""
     dataset_dir = make_dataset("onenet_pets", tmp_path / "data", task="petf")

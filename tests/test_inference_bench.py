@@ -38,23 +38,38 @@ def test_report(tmp_path, capsys):
     assert ref["slices"] == 3 and ref["batch_slices"] == 2 and "forward_seconds" not in other
     assert 0 < ref["forward_seconds"] and report["end_to_end_over_forward"] == ref["end_to_end_over_forward"]
     assert ref["end_to_end_over_forward"] == ref["end_to_end_seconds"] / ref["forward_seconds"]
+    assert ref["end_to_end_over_slices"] == ref["end_to_end_seconds"] / (3 * ref["slice_seconds"])
     assert ref["volumes_per_minute"] == 60 / ref["end_to_end_seconds"]
     assert set(ref["steps"]) == {"load", "preprocess", "inference", "postprocess", "save"}
     assert report["end_to_end_vs_reference"]["onenet_ed4"] == 1.0
-    assert "end-to-end / forward" in capsys.readouterr().out
+    assert "end-to-end / (slices x batch-1 slice forward)" in capsys.readouterr().out
+
+
+def test_defaults_threads_plain_and_batch_sweep(tmp_path, capsys):
+    report = bench.main(["--size", "32", "--slices", "2", "--networks", "onenet_ed4", "onenet_ed4+plain",
+                         "--threads", "1", "2"])  # fmt: skip
+    assert set(report["by_threads"]) == {"1", "2"} and "networks" not in report  # two thread counts: no top level
+    part = report["by_threads"]["2"]
+    assert part["threads"] == 2 and len(part["load_average"]) == 2
+    fast, plain = part["networks"]["onenet_ed4"], part["networks"]["onenet_ed4+plain"]
+    assert fast["batch_slices"] == plain["batch_slices"] == 1  # the Predictor's CPU default
+    assert fast["parameters"] < plain["parameters"]  # BatchNorm folded into the inference copy
+    sweep = bench.main(["--size", "32", "--slices", "2", "--threads", "1", "--batch-sweep"])
+    times = sweep["batch_sweep_seconds_per_slice"]
+    assert list(times) == ["1", "2", "4", "8", "16", "32"] and all(t > 0 for t in times.values())
+    assert sweep["fastest_batch"] == int(min(times, key=times.get))
+    assert "fastest batch" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_report_with_onnxruntime_backends(tmp_path):
+def test_onnxruntime_backends(tmp_path):
     pytest.importorskip("onnxruntime")
-    report = bench.main(
-        ["--size", "32", "--slices", "3", "--networks", "onenet_ed4", "--batch-slices", "2",
-         "--backends", "torch", "onnxruntime", "onnxruntime-int8", "--json", str(tmp_path / "b.json")]
-    )  # fmt: skip
+    report = bench.main(["--size", "32", "--slices", "3", "--networks", "onenet_ed4", "--threads", "1",
+                         "--backends", "torch", "onnxruntime", "onnxruntime-int8"])  # fmt: skip
     rows = report["networks"]
-    assert list(rows) == ["onenet_ed4", "onenet_ed4:onnxruntime", "onenet_ed4:onnxruntime-int8"]
+    assert list(rows) == ["onenet_ed4", "onenet_ed4 (onnxruntime)", "onenet_ed4 (onnxruntime-int8)"]
     assert [r["backend"] for r in rows.values()] == ["torch", "onnxruntime", "onnxruntime-int8"]
-    assert len({r["parameters"] for r in rows.values()}) == 1 and rows["onenet_ed4"]["parameters"] > 0
+    assert len({r["parameters"] for r in rows.values()}) == 1  # the same inference copy, exported
     for row in rows.values():
         assert row["slices"] == 3 and row["volumes_per_minute"] == 60 / row["end_to_end_seconds"]
-    assert "forward_seconds" in rows["onenet_ed4"] and "forward_seconds" not in rows["onenet_ed4:onnxruntime"]
+        assert "forward_seconds" in row  # the reference network: forward times for every backend

@@ -140,6 +140,26 @@ def test_usage_errors(tmp_path, cases, capsys):
     assert _predict(ckpt, good[0], "--output", tmp_path / "o", "--overlays", "-1") == 2
 
 
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ([], {"batch_slices": 1, "optimize": True, "amp": False, "channels_last": False, "compile": False}),
+        (
+            ["--no-optimize", "--channels-last", "--no-amp", "--batch-slices", "3"],
+            {"batch_slices": 3, "optimize": False, "amp": False, "channels_last": True, "compile": False},
+        ),
+        (["--amp", "--override", "optimize=false"], {"optimize": False, "amp": True}),
+    ],
+    ids=["defaults", "switches", "bundle_key"],
+)
+def test_speed_switches(tmp_path, cases, flags, expected):
+    _, good, ckpt = cases
+    out = tmp_path / "out"
+    assert _predict(ckpt, good[0], "--output", out, "--device", "cpu", *flags) == 0
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert {k: settings[k] for k in expected} == expected
+
+
 def test_parse_overrides():
     assert parse_overrides(["network_def#features=8", "device=cpu", "spatial_size=[64, 64]", "x=null"]) == {
         "network_def#features": 8,

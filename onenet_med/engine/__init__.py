@@ -1,4 +1,4 @@
-"""What bundles call: loss, optimiser and schedule factories, checkpoint I/O, resume and BatchNorm handlers."""
+"""What bundles call: loss, optimiser and schedule factories, checkpoint I/O, resume, BatchNorm and speed handlers."""
 
 from onenet_med.engine.atomic import atomic_path, atomic_torch_save, atomic_write_text
 from onenet_med.engine.bn import BNStatsRefresh, batchnorm_layers, recompute_bn_stats
@@ -15,6 +15,7 @@ from onenet_med.engine.checkpoint import (
 from onenet_med.engine.losses import IGNORE_INDEX, WeightedCrossEntropyLoss, class_weights, get_loss
 from onenet_med.engine.optim import get_optimizer
 from onenet_med.engine.schedules import get_lr_scheduler, paper_milestones
+from onenet_med.engine.switches import NetworkSwitches, apply_switches
 
 __all__ = [
     "BEST_FILENAME",
@@ -24,10 +25,12 @@ __all__ = [
     "BestCheckpointSaver",
     "CheckpointResumer",
     "LatestCheckpointSaver",
+    "NetworkSwitches",
     "RNGState",
     "WeightedCrossEntropyLoss",
     "atomic_path",
     "atomic_torch_save",
+    "apply_switches",
     "atomic_write_text",
     "batchnorm_layers",
     "class_weights",

@@ -19,7 +19,8 @@ What happens to one volume (each step is the bundle's own, so results equal ``mo
 1. the bundle's ``preprocessing`` chain (``LoadImaged`` -> channel first -> RAS orientation -> normalisation
    [-> crop / resize] -> pad to a multiple of 32);
 2. MONAI :class:`~monai.inferers.SliceInferer`: 2D slices along the chosen axis (default: axial, the last axis
-   after RAS orientation), ``batch_slices`` slices per forward pass;
+   after RAS orientation), ``batch_slices`` slices per forward pass, through the network's inference copy
+   (:func:`onenet_med.networks.optimize_for_inference`: BatchNorm folded, oneDNN calls on CPU; same logits);
 3. :class:`~monai.transforms.Invertd` undoes the spatial preprocessing, so the label map has the input's shape
    and voxel order. When the chain does not resample (no resize), argmax commutes with the inverse
    (flips, crops and pads only move voxels), so the uint8 label map is inverted instead of the float
@@ -61,6 +62,11 @@ logger = logging.getLogger(__name__)
 
 #: Slicing axes by name (axes of the RAS-oriented volume).
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+#: Default slices per forward pass on CPU. Measured with ``scripts/bench_predict.py --batch-sweep`` (paper-width
+#: onenet_ed4 on 320x320 slices, 1 and 2 threads): batch 1 is the fastest per slice; larger batches run out of
+#: cache and pay for fresh memory pages (docs/benchmarks.md, "Fast inference path").
+CPU_BATCH_SLICES = 1
 
 #: Volume files picked up from folders (NIfTI via nibabel, the rest via SimpleITK).
 IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd", ".nia", ".gipl", ".gipl.gz", ".mnc", ".vtk")
@@ -218,17 +224,28 @@ class Predictor:
             ``LoadImaged("image")``; every spatial step invertible).
         task_spec: the bundle's :class:`onenet_med.data.TaskSpec` (channels, classes, names).
         device: where the network runs (default: CUDA when available, else CPU).
-        batch_slices: slices per forward pass.
+        batch_slices: slices per forward pass (default: :data:`CPU_BATCH_SLICES` on CPU, 32 elsewhere).
         axis: slicing axis of the RAS-oriented volume: 0/1/2 or ``"sagittal"``/``"coronal"``/``"axial"``.
         progress: show a progress bar over the slice batches.
         name: bundle name, for messages.
+        optimize: run the network's inference copy (:func:`onenet_med.networks.optimize_for_inference`; same
+            logits, faster); TorchScript networks are used as they are. ``network`` itself is not changed.
+        amp: mixed precision (``torch.autocast``: float16 on CUDA, bfloat16 on CPU); default on for CUDA only.
+        channels_last: convert the weights and each batch of slices to channels-last memory (the networks of
+            this package convert their input themselves; on GPUs with tensor cores the weights matter).
+        compile: ``torch.compile`` the network (opt-in: the first volume pays for the compilation; on CPU
+            it needs a C++ compiler).
         backend: ``"torch"`` (``network`` is a module) or ``"onnxruntime"`` (``network`` is an ``.onnx`` file or an
-            :class:`~onenet_med.inference.backends.OnnxRuntimeNetwork`; default device CPU). Only the forward pass
-            differs: preprocessing, slicing and inversion are the same.
+            :class:`~onenet_med.inference.backends.OnnxRuntimeNetwork`; default device CPU; the exported model is
+            the inference copy already, the torch switches above do not apply). Only the forward pass differs:
+            preprocessing, slicing and inversion are the same.
 
     Raises:
         ValueError: a 2D task, bad settings, or an ONNX model made for other channels, classes or preprocessing
             (the message names the file).
+
+    Attributes:
+        network: the module that runs (the inference copy, possibly compiled).
     """
 
     def __init__(
@@ -237,10 +254,14 @@ class Predictor:
         preprocessing: Any,
         task_spec: Any,
         device: str | torch.device | None = None,
-        batch_slices: int = 32,
+        batch_slices: int | None = None,
         axis: int | str = "axial",
         progress: bool = False,
         name: str = "bundle",
+        optimize: bool = True,
+        amp: bool | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
         backend: str = "torch",
     ):
         from monai.transforms import Compose, LoadImaged, Resize, Resized
@@ -250,15 +271,19 @@ class Predictor:
 
         if not task_spec.is_volume:
             raise ValueError(_NOT_VOLUME.format(name=name, task=task_spec.name))
-        if batch_slices < 1:
-            raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
         if device is None:  # ONNX Runtime's default package runs on the CPU only
             device = "cpu" if backend == "onnxruntime" else default_device()
         self.device = torch.device(device)
+        if batch_slices is None:
+            batch_slices = CPU_BATCH_SLICES if self.device.type == "cpu" else 32
+        if batch_slices < 1:
+            raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
+        self.backend = backend
         if backend == "onnxruntime":
+            if amp or channels_last or compile:
+                raise ValueError(f"{name}: amp, channels_last and compile are torch switches, not for onnxruntime")
             if isinstance(network, (str, os.PathLike)):
                 network = OnnxRuntimeNetwork(network, self.device)
             elif not isinstance(network, OnnxRuntimeNetwork):
@@ -268,9 +293,14 @@ class Predictor:
                 )
             identity = preprocessing_identity(task_spec, preprocessing)
             network.check(task_spec.in_channels, task_spec.num_classes, identity)
+            optimize = amp = False  # the exported model is the inference copy already; ORT runs float32 / int8
         elif isinstance(network, (str, os.PathLike)):
             raise TypeError(f"{name}: the torch backend takes a module; load {network} with Predictor.from_bundle")
-        self.network = network.to(self.device).eval()
+        self.optimize = bool(optimize) and not isinstance(network, torch.jit.ScriptModule)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
+        self.channels_last = bool(channels_last)
+        self.compile = bool(compile)
+        self.network = _prepare_network(network, self.device, self.optimize, self.channels_last, self.compile)
         self.spec = task_spec
         self.name = name
         self.batch_slices = int(batch_slices)
@@ -300,6 +330,10 @@ class Predictor:
         batch_slices: int | None = None,
         axis: int | str = "axial",
         progress: bool = False,
+        optimize: bool | None = None,
+        amp: bool | None = None,
+        channels_last: bool | None = None,
+        compile: bool | None = None,
         backend: str = "torch",
         model: str | os.PathLike | None = None,
     ) -> Predictor:
@@ -313,13 +347,16 @@ class Predictor:
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: the bundle's, CUDA when available; CPU for the
                 onnxruntime backend).
             overrides: config overrides, as on the ``monai.bundle`` command line (``{"network_def#features": 8}``).
-            batch_slices: slices per forward pass (default: the bundle's ``batch_size``).
+            batch_slices: slices per forward pass (default: :data:`CPU_BATCH_SLICES` on CPU, the bundle's
+                ``batch_size`` elsewhere).
             axis: slicing axis (see the class).
             progress: progress bar over the slice batches.
             backend: ``"torch"`` or ``"onnxruntime"``.
             model: an exported model (``onenet-med export``): ``.onnx`` for the onnxruntime backend (default
                 ``models/model.onnx``), ``.ts`` for the torch backend (instead of ``checkpoint``). Its record must
                 match this bundle's channels, classes and preprocessing.
+            optimize, amp, channels_last, compile: see the class; default: the bundle's ``optimize``, ``amp``
+                (on CUDA only), ``channels_last`` and ``compile`` settings.
 
         Raises:
             FileNotFoundError: not a bundle, or no checkpoint / model.
@@ -340,8 +377,13 @@ class Predictor:
         preprocessing = parser.get_parsed_content("preprocessing")
         if device is None:
             device = "cpu" if backend == "onnxruntime" else parser.get_parsed_content("device")
-        if batch_slices is None:
+        if batch_slices is None and torch.device(device).type != "cpu":
             batch_slices = int(parser.get_parsed_content("batch_size"))
+        switches = {"optimize": optimize, "amp": amp, "channels_last": channels_last, "compile": compile}
+        defaults = {"optimize": True, "amp": None, "channels_last": False, "compile": False}
+        for key, value in switches.items():
+            if value is None:
+                switches[key] = parser.get_parsed_content(key, default=defaults[key])
         device = torch.device(device)
         if backend == "onnxruntime":
             if checkpoint is not None:
@@ -353,15 +395,24 @@ class Predictor:
             if not path.is_file():
                 raise FileNotFoundError(f"ONNX model {path} does not exist (write it with onenet-med export)")
             network: Any = os.fspath(path)
+            # the torch switches do not apply; the bundle's defaults are dropped, explicit requests are refused
+            switches = {
+                "optimize": False,
+                "amp": bool(amp),
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+            }
         else:
             network, path = load_network(parser, model if model is not None else checkpoint, device, name)
             if isinstance(network, torch.jit.ScriptModule):
                 from onenet_med.inference.backends import read_torchscript_record
 
                 check_model_record(path, read_torchscript_record(path), preprocessing_identity(spec, preprocessing))
-        predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name, backend=backend)
+        predictor = cls(
+            network, preprocessing, spec, device, batch_slices, axis, progress, name=name, backend=backend, **switches
+        )
         predictor.checkpoint = str(path)
-        logger.info(f"{name}: {path} on {device} ({backend}), {batch_slices} slices per batch")
+        logger.info(f"{name}: {path} on {device} ({backend}), {predictor.batch_slices} slices per batch, {switches}")
         return predictor
 
     # ------------------------------------------------------------------------------------------ prediction
@@ -425,8 +476,9 @@ class Predictor:
 
         t = time.perf_counter()
         x = img.as_tensor().to(self.device, non_blocking=True)[None]
-        with torch.no_grad():  # not inference_mode: MONAI's inverse works in place on what comes out
-            logits = self.inferer()(x, self.network)[0]  # (K, H, W, D)
+        # not inference_mode: MONAI's inverse works in place on what comes out
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
+            logits = self.inferer()(x, self.forward)[0].float()  # (K, H, W, D)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds["inference"] = time.perf_counter() - t
@@ -475,6 +527,25 @@ class Predictor:
             image=inverted["overlay"][0].numpy() if return_image else None,
             source=source,
         )
+
+    def settings(self) -> dict[str, Any]:
+        """How the network runs: ``backend``, ``batch_slices``, ``optimize``, ``amp``, ``channels_last``, ``compile``,
+        threads."""
+        return {
+            "backend": self.backend,
+            "batch_slices": self.batch_slices,
+            "optimize": self.optimize,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "threads": torch.get_num_threads(),
+        }
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of a ``(B, C, H, W)`` batch of slices (channels-last first when asked for)."""
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.network(batch)
 
     def inferer(self):
         """The :class:`monai.inferers.SliceInferer` used: whole slices along ``axis``, ``batch_slices`` at a time
@@ -540,6 +611,16 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
         labels.masked_fill_(better, k)
         best = torch.where(better, x[k], best)
     return labels
+
+
+def _prepare_network(
+    network: torch.nn.Module, device: torch.device, optimize: bool, channels_last: bool, compile: bool
+) -> torch.nn.Module:
+    """The module the predictor runs: the inference copy on ``device`` in eval mode, channels-last, compiled."""
+    from onenet_med.engine.switches import apply_switches
+
+    network = apply_switches(network, optimize=optimize).to(device).eval()
+    return apply_switches(network, channels_last=channels_last, compile=compile)
 
 
 def _axis_index(axis: int | str) -> int:

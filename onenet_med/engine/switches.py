@@ -1,0 +1,83 @@
+"""The bundles' speed switches as an Ignite handler: inference copy, channels-last memory, ``torch.compile``.
+
+The bundles list :class:`NetworkSwitches` among an engine's handlers (after the ``CheckpointLoader`` in
+``inference.json`` and ``evaluate.json``, so the checkpoint still loads into the plain network). When the engine
+starts it replaces ``engine.network`` by what the switches ask for:
+
+- ``optimize`` (evaluators only): the inference copy of the loaded network
+  (:func:`onenet_med.networks.optimize_for_inference`: BatchNorm folded, oneDNN calls on CPU; same logits);
+- ``channels_last``: 4D weights (and, through the networks' own conversion, activations) in channels-last
+  memory, which tensor-core GPUs prefer;
+- ``compile``: ``torch.compile`` (opt-in: the first iterations pay for the compilation).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+__all__ = ["NetworkSwitches", "apply_switches"]
+
+logger = logging.getLogger(__name__)
+
+
+def apply_switches(
+    network: nn.Module, optimize: bool = False, channels_last: bool = False, compile: bool = False
+) -> nn.Module:
+    """``network`` as the switches ask: its inference copy (``optimize``; TorchScript modules are used as they are),
+    converted to channels-last memory in place, wrapped by ``torch.compile``."""
+    if optimize and not isinstance(network, torch.jit.ScriptModule):
+        from onenet_med.networks import optimize_for_inference
+
+        network = optimize_for_inference(network)
+    if channels_last:
+        if isinstance(network, nn.parallel.DistributedDataParallel):  # its gradient buckets view the old layout
+            logger.warning("channels_last is ignored for a DistributedDataParallel network")
+        else:
+            network = network.to(memory_format=torch.channels_last)
+    if compile:
+        network = torch.compile(network)
+    return network
+
+
+def _switch(name: str, value: bool | str) -> bool:
+    """A switch's value; ``"true"``/``"false"`` strings too (``monai.bundle run --compile false`` passes a string)."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    if isinstance(value, (bool, int)):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+class NetworkSwitches:
+    """Replace ``engine.network`` when the engine starts (see the module docstring).
+
+    Args:
+        optimize: run the inference copy (only for engines that do not train it).
+        channels_last: channels-last weights.
+        compile: ``torch.compile`` the network.
+    """
+
+    def __init__(
+        self, optimize: bool | str = False, channels_last: bool | str = False, compile: bool | str = False
+    ) -> None:
+        self.optimize = _switch("optimize", optimize)
+        self.channels_last = _switch("channels_last", channels_last)
+        self.compile = _switch("compile", compile)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not (self.optimize or self.channels_last or self.compile):
+            return
+        network = getattr(engine, "network", None)
+        if network is None:
+            raise ValueError("NetworkSwitches needs an engine with a network (a MONAI trainer or evaluator)")
+        engine.network = apply_switches(network, self.optimize, self.channels_last, self.compile)
+        logger.info(
+            f"network switches: optimize={self.optimize}, channels_last={self.channels_last}, compile={self.compile}"
+        )

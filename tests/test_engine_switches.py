@@ -1,0 +1,74 @@
+"""NetworkSwitches: the bundles' optimize / channels_last / compile switches swap an engine's network at start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Engine
+from parameterized import parameterized
+from torch import nn
+
+from onenet_med.engine import NetworkSwitches, apply_switches
+from onenet_med.networks import get_network
+from onenet_med.networks.optimize import FastConv2d
+
+
+def _engine(network: nn.Module) -> Engine:
+    engine = Engine(lambda e, batch: None)  # the network is only replaced at start, not run here
+    engine.network = network
+    return engine
+
+
+@parameterized.expand(
+    [
+        ("nothing", {}, False, False, False),
+        ("optimize", {"optimize": True}, True, False, False),
+        ("channels_last", {"channels_last": True}, False, True, False),
+        ("compile", {"compile": True}, False, False, True),
+        ("all", {"optimize": True, "channels_last": True, "compile": True}, True, True, True),
+    ]
+)
+def test_switches_replace_the_network_at_start(_, switches, optimized, channels_last, compiled):
+    torch.manual_seed(0)
+    plain = get_network("unet4", 1, 2, features=4).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = plain(x)
+    engine = _engine(plain)
+    NetworkSwitches(**switches).attach(engine)
+    engine.run([x], max_epochs=1)
+    net = engine.network
+    assert (net is plain) == (not optimized and not compiled)
+    assert any(isinstance(m, FastConv2d) for m in net.modules()) == optimized
+    assert hasattr(net, "_orig_mod") == compiled
+    weights = [p for p in net.parameters() if p.dim() == 4 and p.shape[-1] > 1 and p.shape[1] > 1]
+    layouts = {w.is_contiguous(memory_format=torch.channels_last) for w in weights}
+    if channels_last:
+        assert layouts == {True}
+    elif not optimized:  # (the inference copy stores its own k x k weights channels-last)
+        assert layouts == {False}
+    if not compiled:  # compiling on CPU takes long: the Predictor's slow test runs a compiled network
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_optimize_leaves_torchscript_modules_alone():
+    scripted = torch.jit.script(get_network("onenet_ed4", 1, 2, features=4).eval())
+    assert apply_switches(scripted, optimize=True) is scripted
+
+
+def test_engine_without_network_is_an_error():
+    engine = Engine(lambda e, batch: None)
+    NetworkSwitches(optimize=True).attach(engine)
+    with pytest.raises(ValueError, match="needs an engine with a network"):
+        engine.run([0], max_epochs=1)
+
+
+@parameterized.expand([("false", False), ("True", True), ("0", False), (1, True)])
+def test_switch_values_from_the_command_line(value, expected):
+    assert NetworkSwitches(optimize=value).optimize is expected
+
+
+def test_bad_switch_value():
+    with pytest.raises(ValueError, match="compile must be true or false, got 'yes please'"):
+        NetworkSwitches(compile="yes please")
