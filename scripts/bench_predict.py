@@ -313,7 +313,7 @@ def print_table(report: dict) -> None:
             continue
         head = ("params", 11), ("batch", 5), ("e2e s", 8), ("fwd s", 8), ("slice ms", 8), ("e2e/fwd", 8)
         head += ("e2e/(n*slice)", 13), ("vol/min", 8), ("e2e vs ref", 10)
-        print(f"{'network':20s} " + " ".join(f"{h:>{w}s}" for h, w in head))
+        print(f"{'network':29s} " + " ".join(f"{h:>{w}s}" for h, w in head))
         for name, e in part["networks"].items():
             has = "forward_seconds" in e
             cells = [
@@ -327,7 +327,7 @@ def print_table(report: dict) -> None:
                 f"{e['volumes_per_minute']:8.3f}",
                 f"{part.get('end_to_end_vs_reference', {}).get(name, float('nan')):10.2f}",
             ]
-            print(f"{name:20s} " + " ".join(cells))
+            print(f"{name:29s} " + " ".join(cells))
         ratio = part.get("end_to_end_over_slices")
         if ratio is not None:
             verdict = "meets" if ratio <= report["goal_end_to_end_over_slices"] else "MISSES"
