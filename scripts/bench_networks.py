@@ -25,6 +25,7 @@ Usage::
     python scripts/bench_networks.py --preset table --threads 1 2 --repeats 7 [--json out.json] [--check]
     python scripts/bench_networks.py --preset width16 --threads 1 2 --repeats 15
     OMP_WAIT_POLICY=PASSIVE python scripts/bench_networks.py --clock cpu   # less sensitive to other load
+    python scripts/bench_networks.py --retain-memory   # malloc keeps freed memory, as Predictor does on CPU
 
 On a shared machine the medians move with the load, and wall-clock ratios drift against the network with the
 shorter operations (a thread descheduled by another process stalls every parallel region); the ratios of one
@@ -48,6 +49,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from onenet_med.engine.switches import retain_freed_cpu_memory  # noqa: E402
 from onenet_med.networks import get_network, list_networks, optimize_for_inference  # noqa: E402
 from onenet_med.profiling import (  # noqa: E402
     count_flops,
@@ -207,8 +209,9 @@ def ratios(results: dict[str, Any], targets: list[tuple[str, str, str, str, floa
 def print_report(results: dict[str, Any], checks: list[dict[str, Any]]) -> None:
     shape = "x".join(map(str, results["shape"]))
     width = f", OneNet/U-Net width {results['features']}" if results["features"] else ""
+    kept = ", malloc keeps freed memory" if results.get("retain_memory") else ""
     print(
-        f"input {shape}{width}, {results['repeats']} interleaved passes each, {results['clock']} clock, "
+        f"input {shape}{width}{kept}, {results['repeats']} interleaved passes each, {results['clock']} clock, "
         f"load average {results['load_average'][0]:.2f} -> {results['load_average'][1]:.2f}, torch {results['torch']}"
     )
     threads = [str(t) for t in results["threads"]]
@@ -243,6 +246,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per network and thread count")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="let malloc keep freed memory (onenet_med.engine.retain_freed_cpu_memory, as Predictor does on CPU) "
+        "for all networks: no page faults for fresh activations",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument(
@@ -257,6 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.retain_memory and not retain_freed_cpu_memory():
+        raise SystemExit("--retain-memory: this C library has no mallopt (glibc only)")
     preset = PRESETS[args.preset]
     shape = tuple(preset["shape"])
     if args.size:
@@ -274,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     checks = ratios(results, preset["targets"])
     results["preset"] = args.preset
+    results["retain_memory"] = args.retain_memory
     results["ratios"] = checks
     print_report(results, checks)
     if args.json:

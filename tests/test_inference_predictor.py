@@ -358,6 +358,18 @@ def test_predictor_runs_the_inference_copy(tmp_path, heart_case):
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
 
 
+def test_predictor_on_cpu_retains_freed_memory(monkeypatch):
+    import onenet_med.engine.switches as switches
+
+    calls = []
+    monkeypatch.setattr(switches, "retain_freed_cpu_memory", lambda: calls.append(1) or True)
+    pre = load_bundle_config(BUNDLES / "onenet_heart").get_parsed_content("preprocessing")
+    Predictor(ThresholdNet(), pre, get_task("heart"), device="cpu", optimize=False)
+    assert calls == []
+    Predictor(ThresholdNet(), pre, get_task("heart"), device="cpu")
+    assert calls == [1]
+
+
 def test_predictor_does_not_change_the_network():
     net = get_network("onenet_ed4", 1, 2, features=4).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -19,9 +19,39 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-__all__ = ["NetworkSwitches", "apply_switches"]
+__all__ = ["NetworkSwitches", "apply_switches", "retain_freed_cpu_memory"]
 
 logger = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_RETAINED = False
+
+
+def retain_freed_cpu_memory(trim_threshold_mb: int = 1024) -> bool:
+    """Let glibc's malloc keep freed memory for the next tensors instead of handing it back to the OS.
+
+    Inference on CPU allocates every activation afresh; by default glibc maps large blocks from the OS and unmaps
+    them when freed, so every forward pass pays a page fault per 4 KiB of activation (20,800 per 320x320 slice
+    through onenet_ed4, 12% of its CPU time; with width 16 the forward pass took 29 ms instead of 22 ms).
+    This raises the mmap threshold to its maximum (32 MiB: larger blocks are still mapped) and keeps up to
+    ``trim_threshold_mb`` of freed heap memory: the process keeps its peak memory instead of returning it.
+    Process-wide and permanent; a no-op returning False where the C library has no ``mallopt`` (not glibc).
+    """
+    global _RETAINED
+    if _RETAINED:
+        return True
+    try:
+        import ctypes
+        import ctypes.util
+
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, trim_threshold_mb * 1024 * 1024) == 1 and ok
+    _RETAINED = ok
+    return ok
 
 
 def apply_switches(
