@@ -306,7 +306,7 @@ def run_logged(
 
 def _bundle_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     """Task, val_fraction and seed as the bundle's train.json + metadata.json define them (literal values only)."""
-    from onenet_med.engine.workflow import bundle_task
+    from onenet_med.bundle.workflow import bundle_task
 
     config_dir = Path(bundle) / "configs"
     with open(config_dir / "metadata.json") as f:
@@ -323,8 +323,8 @@ def _bundle_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
 
 def held_out_items(settings: CompareSettings) -> tuple[str, list[dict], list[dict]]:
     """(task, training items, held-out items) of the bundle's data under the compare overrides."""
+    from onenet_med.bundle.workflow import default_dataset_dir
     from onenet_med.data import get_datalists
-    from onenet_med.engine.workflow import default_dataset_dir
 
     d = _bundle_defaults(settings.bundle)
     task = settings.overrides.get("task", d["task"])

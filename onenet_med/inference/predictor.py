@@ -26,12 +26,11 @@ What happens to one volume (each step is the bundle's own, so results equal ``mo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,110 +38,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from onenet_med.engine.workflow import default_device
-from onenet_med.inference.writers import NIFTI_SUFFIXES, AtomicNibabelWriter, is_nifti, write_like
+from onenet_med.bundle.config import load_bundle_config
+from onenet_med.bundle.workflow import default_device
+from onenet_med.inference.writers import AtomicNibabelWriter, is_nifti, write_like
 
 __all__ = [
     "AXES",
-    "IMAGE_SUFFIXES",
     "argmax_channels",
     "PredictionResult",
     "Predictor",
-    "expand_inputs",
-    "load_bundle_config",
-    "output_name",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Slicing axes by name (axes of the RAS-oriented volume).
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
-
-#: Volume files picked up from folders (NIfTI via nibabel, the rest via SimpleITK).
-IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd", ".nia", ".gipl", ".gipl.gz", ".mnc", ".vtk")
-
-# output extension for inputs whose own format is a header/data pair
-_OUTPUT_EXT = {".mhd": ".mha", ".nhdr": ".nrrd"}
-
-
-def _suffix(path: str | os.PathLike) -> str:
-    name = os.path.basename(os.fspath(path)).lower()
-    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.endswith(ext):
-            return ext
-    return Path(name).suffix
-
-
-def output_name(path: str | os.PathLike, postfix: str = "seg", ext: str | None = None) -> str:
-    """File name of an output for input ``path``: ``<stem>_<postfix><ext>``; ``ext`` defaults to the input's
-    format family (``.nii.gz`` stays ``.nii.gz``, ``.nrrd`` stays ``.nrrd``, ``.mhd`` becomes ``.mha``)."""
-    name = os.path.basename(os.fspath(path))
-    suffix = _suffix(name)
-    stem = name[: len(name) - len(suffix)] if suffix else name
-    if ext is None:
-        ext = _OUTPUT_EXT.get(suffix, name[len(stem) :] or ".nii.gz")
-    return f"{stem}_{postfix}{ext}"
-
-
-def expand_inputs(
-    inputs: str | os.PathLike | Sequence[str | os.PathLike], suffixes: tuple[str, ...] = IMAGE_SUFFIXES
-) -> list[str]:
-    """Image files to predict from a mix of files, folders (their files ending in ``suffixes``, sorted, hidden
-    files skipped) and MSD ``dataset.json`` files (their ``test`` list, relative to the json's folder).
-
-    Files are not opened here: a missing or corrupt file fails on its own when it is predicted.
-
-    Raises:
-        ValueError: a ``.json`` that is not an MSD dataset description with a ``test`` list.
-    """
-    from monai.data import load_decathlon_datalist
-
-    entries = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    files: list[str] = []
-    for entry in entries:
-        path = Path(entry)
-        if path.is_dir():
-            files += sorted(
-                str(p)
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes)
-            )
-        elif path.suffix.lower() == ".json":
-            try:
-                items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key="test")
-            except (ValueError, KeyError, json.JSONDecodeError) as error:
-                raise ValueError(f"{path}: not an MSD dataset.json with a 'test' list ({error})") from error
-            for item in items:
-                image = item["image"]
-                if isinstance(image, (list, tuple)):
-                    raise ValueError(f"{path}: test entries with one file per channel are not supported ({image})")
-                files.append(str(image))
-        else:
-            files.append(str(path))
-    return files
-
-
-def load_bundle_config(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
-    """The bundle's ``train.json`` + ``inference.json`` + ``metadata.json`` in a :class:`monai.bundle.ConfigParser`,
-    with ``bundle_root`` set to ``bundle_dir`` and ``overrides`` applied (``{"network_def#features": 8}``).
-
-    Raises:
-        FileNotFoundError: ``bundle_dir`` is not a bundle folder (no ``configs/inference.json``).
-    """
-    from monai.bundle import ConfigParser
-
-    configs = Path(bundle_dir) / "configs"
-    files = [configs / "train.json", configs / "inference.json"]
-    missing = [str(f) for f in [*files, configs / "metadata.json"] if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{bundle_dir} is not a bundle folder: missing {', '.join(missing)}")
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser.read_meta(str(configs / "metadata.json"))
-    parser["bundle_root"] = str(Path(bundle_dir).resolve())
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
 
 
 @dataclass

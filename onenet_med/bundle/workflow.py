@@ -134,7 +134,7 @@ def inference_datalist(
     """
     spec = get_task(task)
     if input_files:
-        from onenet_med.inference.predictor import IMAGE_SUFFIXES, expand_inputs
+        from onenet_med.bundle.inputs import IMAGE_SUFFIXES, expand_inputs
 
         suffixes = IMAGE_SUFFIXES if spec.is_volume else (".png", ".jpg", ".jpeg")
         items = [{"image": path} for path in expand_inputs(input_files, suffixes)]

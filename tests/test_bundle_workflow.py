@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SliceInferer
 
+from onenet_med.bundle import workflow as ob
 from onenet_med.data import DataValidationError
-from onenet_med.engine import workflow as ob
 from tests.data_trees import make_msd_task, save_nifti
 
 
