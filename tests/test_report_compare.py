@@ -69,3 +69,26 @@ def test_write_report_tables_checks_volumes_and_plots(tmp_path):
     assert "onenet-med data demo --out d\nonenet-med compare --bundle b" in text
     assert "python -m monai.bundle run --x 1" in text and "- cpu: test cpu" in text
     assert "![Prediction vs ground truth](overlays.png)" in text
+
+
+def test_a_new_plot_and_section_are_one_entry_each(tmp_path, monkeypatch):
+    """The extension points: an entry in PLOTS is drawn and shown under Plots; an entry in SECTIONS is written."""
+    from onenet_med.report import compare as report
+
+    def plot_frontier(inputs):
+        path = inputs.output_dir / "frontier.png"
+        path.write_bytes(b"png")
+        return str(path)
+
+    def section_frontier(inputs):
+        return ["## Frontier", "", f"{len(inputs.networks)} networks", ""]
+
+    monkeypatch.setattr(report, "PLOTS", [*report.PLOTS, ("frontier", "Accuracy vs latency", plot_frontier)])
+    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS[:-1], section_frontier, report.SECTIONS[-1]])
+    (tmp_path / "rep").mkdir()
+    files = write_report(_results(tmp_path), tmp_path / "rep")
+    text = open(files["report"]).read()
+    assert files["frontier"] == str(tmp_path / "rep" / "frontier.png")
+    assert "![Accuracy vs latency](frontier.png)" in text
+    assert text.index("## Frontier\n\n2 networks") < text.index("## Definitions")
+    assert "overlays" not in files  # no prediction: that plot returns None and is left out
