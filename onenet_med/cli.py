@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "onenet_med.profiling",
     "onenet_med.inference.cli",
     "onenet_med.compare",
+    "onenet_med.bundle.cli",
 )
 
 

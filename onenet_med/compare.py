@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onenet_med.data.tasks import TaskSpec
+
 __all__ = [
     "CompareSettings",
     "Check",
@@ -212,13 +214,14 @@ def prediction_command(
     python: str | None = None,
 ) -> list[str]:
     """``onenet-med predict`` of ``inputs`` with the bundle trained under ``overrides`` (its ``bundle_root``'s
-    ``models/model.pt``) into ``output_dir``: one ``<case>_seg.nii.gz`` per input, in the input's geometry."""
+    ``models/model.pt``) into ``output_dir``: one ``<case>_seg.nii.gz`` per input, in the input's geometry.
+
+    No overrides are repeated: the task, network and sizes the model was trained with are saved beside it
+    (``models/task.json``)."""
     root = Path(overrides.get("bundle_root", bundle))
     cmd = [python or sys.executable, "-m", "onenet_med", "predict", "--bundle", os.fspath(bundle)]
     cmd += ["--checkpoint", str(root / "models" / "model.pt"), "--output", os.fspath(output_dir)]
     cmd += ["--overwrite", "--no-progress"]
-    for key, value in overrides.items():  # the same config as in training: network, width, sizes
-        cmd += ["--override", f"{key}={json.dumps(value)}"]
     return cmd + [os.fspath(p) for p in inputs]
 
 
@@ -320,21 +323,28 @@ def _bundle_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def held_out_items(settings: CompareSettings) -> tuple[str, list[dict], list[dict]]:
-    """(task, training items, held-out items) of the bundle's data under the compare overrides."""
-    from onenet_med.bundle.workflow import default_dataset_dir
-    from onenet_med.data import get_datalists
+def held_out_items(
+    settings: CompareSettings, save_split: str | os.PathLike | None = None
+) -> tuple[TaskSpec, list[dict], list[dict]]:
+    """(task, training items, held-out items) of the bundle's data under the compare overrides, split as the bundle's
+    training splits it (or by the ``split_file`` override); with ``save_split`` the split is written there
+    (``datalist.json``), for every network to train and be evaluated on exactly these cases."""
+    from onenet_med.bundle.workflow import default_dataset_dir, prepare_datalists, resolve_task
 
     d = _bundle_defaults(settings.bundle)
     task = settings.overrides.get("task", d["task"])
-    dataset_dir = settings.dataset_dir or default_dataset_dir(task)
-    lists = get_datalists(
-        task,
+    dataset_dir = settings.dataset_dir or default_dataset_dir(task, Path(settings.bundle).resolve())
+    spec = resolve_task(task, dataset_dir)
+    lists = prepare_datalists(
+        spec,
         dataset_dir,
         val_fraction=float(settings.overrides.get("val_fraction", d["val_fraction"])),
         seed=int(settings.overrides.get("seed", d["seed"])),
+        check="none",
+        split_file=settings.overrides.get("split_file"),
+        save_split=save_split,
     )
-    return task, lists["train"], lists["validation"]
+    return spec, lists["train"], lists["validation"]
 
 
 def budget_overrides(
@@ -400,7 +410,11 @@ def _write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def profile_networks_for_report(
-    task: str, networks: Sequence[str], width: int | None, slice_shape: Sequence[int], threads: int | None = None
+    task: str | TaskSpec,
+    networks: Sequence[str],
+    width: int | None,
+    slice_shape: Sequence[int],
+    threads: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Parameters, FLOPs and latency of one ``slice_shape`` (C, H, W) slice for each network as trained.
 
@@ -467,7 +481,7 @@ def profile_networks_for_report(
     return out
 
 
-def _slice_shape(task: str, item: Mapping[str, Any]) -> tuple[int, ...]:
+def _slice_shape(task: str | TaskSpec, item: Mapping[str, Any]) -> tuple[int, ...]:
     """(C, H, W) of one preprocessed slice of ``item`` (what the network sees)."""
     from onenet_med.data import get_transforms
 
@@ -482,7 +496,6 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         the ``results.json`` document (also written to ``<output_dir>/results.json``); ``results["ok"]`` is False
         when a check failed.
     """
-    from onenet_med.data import get_task
     from onenet_med.report.compare import write_report
     from onenet_med.report.summary import machine_info
 
@@ -493,14 +506,15 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
     bundle = Path(settings.bundle).resolve()
     if not (bundle / "configs" / "train.json").is_file():
         raise FileNotFoundError(f"{bundle}: not a bundle folder (no configs/train.json)")
-    task, train_items, held_out = held_out_items(settings)
-    spec = get_task(task)
+    split_file = out / "datalist.json"
+    spec, train_items, held_out = held_out_items(settings, save_split=split_file)
+    task = spec.name
     if not held_out:
         raise ValueError(f"{task}: no held-out cases (val_fraction 0?); compare evaluates on the validation split")
     env = dict(os.environ)
     if settings.threads:
         env["OMP_NUM_THREADS"] = str(settings.threads)
-    common = shared_overrides(settings)
+    common = {**shared_overrides(settings), "split_file": str(split_file)}  # every run: the cases above
     predict_input = os.path.abspath(settings.predict_input or held_out[0]["image"])
     machine = machine_info()
     steps_path = out / "steps.json"
@@ -561,10 +575,10 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
     if hasattr(os, "getloadavg"):  # a busy machine explains slow timings
         results["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     if settings.profile:
-        slice_shape = _slice_shape(task, held_out[0])
+        slice_shape = _slice_shape(spec, held_out[0])
         results["profile_input"] = [1, *slice_shape]
         results["profile_threads"] = settings.threads
-        profiles = profile_networks_for_report(task, settings.networks, settings.width, slice_shape, settings.threads)
+        profiles = profile_networks_for_report(spec, settings.networks, settings.width, slice_shape, settings.threads)
         for name, prof in profiles.items():
             results["networks"][name]["profile"] = prof
     results["checks"] = []

@@ -147,7 +147,7 @@ def test_shared_overrides_budget():
         shared_overrides(CompareSettings(BUNDLE, ["unet4"], "out", iterations_per_epoch=0))
 
 
-def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data):
+def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data, tmp_path):
     """Through MONAI's ConfigParser on the demo bundle: epochs of N iterations of batches of 8 slices."""
     from monai.bundle import ConfigParser
 
@@ -155,7 +155,7 @@ def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data):
     parser = ConfigParser()
     parser.read_config(os.path.join(BUNDLE, "configs", "train.json"))
     parser.read_meta(os.path.join(BUNDLE, "configs", "metadata.json"))
-    parser.update({**shared_overrides(s), "num_workers": 0, "data_check": "none"})
+    parser.update({**shared_overrides(s), "num_workers": 0, "data_check": "none", "bundle_root": str(tmp_path)})
     parser.update({"network_def#features": 4, "max_epochs": 2, "val_interval": 100, "progress": False})
     trainer = parser.get_parsed_content("train#trainer")
     sizes = []
@@ -203,6 +203,10 @@ def test_compare_end_to_end_on_tiny_demo_data(tmp_path, demo_data, subprocess_en
     results = json.loads((out / "results.json").read_text())
     net = results["networks"]["onenet_ed4"]
     assert results["held_out_cases"] == ["mni_002"] and not results["ok"]
+    split = json.loads((out / "datalist.json").read_text())  # the split every run trained and was evaluated on
+    assert split["validation"] == ["mni_002"] and split["train"] == results["train_cases"]
+    saved = json.loads((out / "runs" / "onenet_ed4" / "output" / "datalist.json").read_text())
+    assert (saved["train"], saved["validation"]) == (split["train"], split["validation"])
     assert 0.0 <= net["metrics"]["dice"] <= 1.0 and net["metrics"]["num_cases"] == 1
     assert net["training"]["iterations"] == 4 and net["training"]["epoch_length"] == 2
     assert [e for e, _ in net["curves"]["train_loss"]] == [1, 2]

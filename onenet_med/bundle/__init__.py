@@ -1,6 +1,7 @@
 """What the MONAI bundles need from the package, in one place: the factories their configs call
-(:mod:`~onenet_med.bundle.workflow`), reading a bundle's configs from Python (:mod:`~onenet_med.bundle.config`) and
-the input/output file names of prediction (:mod:`~onenet_med.bundle.inputs`).
+(:mod:`~onenet_med.bundle.workflow`), the task saved with a model (:mod:`~onenet_med.bundle.record`), the saved
+train / validation split (:mod:`~onenet_med.bundle.split`), reading a bundle's configs from Python
+(:mod:`~onenet_med.bundle.config`) and the input/output file names of prediction (:mod:`~onenet_med.bundle.inputs`).
 
 Imports are lazy: ``onenet-med --help`` does not pay for MONAI.
 """
@@ -19,10 +20,18 @@ _LAZY = {
     "default_dataset_dir": "workflow",
     "default_device": "workflow",
     "get_inferer": "workflow",
+    "init_distributed": "workflow",
+    "is_main_process": "workflow",
+    "resolve_task": "workflow",
+    "TASK_RECORD": "record",
+    "TaskRecordSaver": "record",
+    "build_network": "record",
+    "read_task_record": "record",
+    "read_split": "split",
+    "write_split": "split",
     "inference_datalist": "workflow",
     "inference_postprocessing": "workflow",
     "prepare_datalists": "workflow",
-    "repo_root": "workflow",
 }
 
 __all__ = sorted(_LAZY)

@@ -10,9 +10,19 @@ from typing import Any
 __all__ = ["load_bundle_config"]
 
 
-def load_bundle_config(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
-    """The bundle's ``train.json`` + ``inference.json`` + ``metadata.json`` in a :class:`monai.bundle.ConfigParser`,
+def load_bundle_config(
+    bundle_dir: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+):
+    """The bundle's ``inference.json`` (which runs alone) + ``metadata.json`` in a :class:`monai.bundle.ConfigParser`,
     with ``bundle_root`` set to ``bundle_dir`` and ``overrides`` applied (``{"network_def#features": 8}``).
+
+    Args:
+        bundle_dir: the bundle folder.
+        overrides: config overrides, as on the ``monai.bundle`` command line.
+        checkpoint: the weights to use (``ckpt_path``); the task saved beside it (``task.json``) then defines the
+            task, the preprocessing and the network's arguments.
 
     Raises:
         FileNotFoundError: ``bundle_dir`` is not a bundle folder (no ``configs/inference.json``).
@@ -20,14 +30,16 @@ def load_bundle_config(bundle_dir: str | os.PathLike, overrides: Mapping[str, An
     from monai.bundle import ConfigParser
 
     configs = Path(bundle_dir) / "configs"
-    files = [configs / "train.json", configs / "inference.json"]
-    missing = [str(f) for f in [*files, configs / "metadata.json"] if not f.is_file()]
+    files = [configs / "inference.json", configs / "metadata.json"]
+    missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"{bundle_dir} is not a bundle folder: missing {', '.join(missing)}")
     parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
+    parser.read_config(str(configs / "inference.json"))
     parser.read_meta(str(configs / "metadata.json"))
     parser["bundle_root"] = str(Path(bundle_dir).resolve())
+    if checkpoint is not None:
+        parser["ckpt_path"] = os.path.abspath(checkpoint)
     for key, value in (overrides or {}).items():
         parser[key] = value
     return parser

@@ -184,10 +184,12 @@ class Predictor:
         """Load a bundle folder once.
 
         Args:
-            bundle_dir: bundle folder (``configs/train.json``, ``configs/inference.json``, ``configs/metadata.json``).
+            bundle_dir: bundle folder (``configs/inference.json``, ``configs/metadata.json``).
             checkpoint: weights to load: a state dict (``.pt``, loaded with ``weights_only=True`` into the
                 bundle's ``network_def``) or a TorchScript archive (``.ts``, ``torch.jit.load``). Default: the
-                bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
+                bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``. The task saved beside it
+                by training (``task.json``: channels, classes, normalisation, network arguments) is used, so a
+                model trained on any dataset needs no overrides.
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: CUDA when available).
             overrides: config overrides, as on the ``monai.bundle`` command line (``{"network_def#features": 8}``).
             batch_slices: slices per forward pass (default: the bundle's ``batch_size``).
@@ -201,6 +203,10 @@ class Predictor:
         from onenet_med.engine import load_checkpoint
 
         parser = load_bundle_config(bundle_dir, overrides)
+        path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        parser["ckpt_path"] = str(path.resolve())  # the task saved beside it (task.json) defines the rest
         spec = parser.get_parsed_content("task_spec")
         name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
         if not spec.is_volume:
@@ -210,9 +216,6 @@ class Predictor:
             device = parser.get_parsed_content("device")
         if batch_slices is None:
             batch_slices = int(parser.get_parsed_content("batch_size"))
-        path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
         device = torch.device(device)
         network = _load_torchscript(path, device) if path.suffix == ".ts" else None
         if network is None:
@@ -224,8 +227,8 @@ class Predictor:
                 if scripted is None:
                     raise RuntimeError(
                         f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
-                        "another network or other settings? pass the overrides used in training, e.g. "
-                        f"network_def#features): {_first_line(error)}"
+                        "another network or other settings, and no task.json beside it? pass the overrides used "
+                        f"in training, e.g. network_def#features): {_first_line(error)}"
                     ) from error
                 network = scripted
         predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name)
