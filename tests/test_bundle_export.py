@@ -44,7 +44,7 @@ def test_zip_holds_the_bundle_and_its_model(bundles, tmp_path, capsys):
     configs = ["evaluate.json", "inference.json", "logging.conf", "metadata.json", "multi_gpu_evaluate.json",
                "multi_gpu_train.json", "train.json"]  # fmt: skip
     expected = [f"onenet_msd/configs/{c}" for c in configs] + ["onenet_msd/LICENSE"]
-    expected += ["onenet_msd/docs/README.md", "onenet_msd/docs/data_license.txt"]
+    expected += ["onenet_msd/docs/README.md", "onenet_msd/docs/data_license.txt", "onenet_msd/docs/usage.md"]
     expected += ["onenet_msd/models/model.pt", "onenet_msd/models/task.json"]  # not latest.pt, not output/
     assert names == sorted(expected)
     out = tmp_path / "extracted"

@@ -98,6 +98,18 @@ def test_bundle_layout_and_metadata(bundle):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_docs_links_stay_inside_the_bundle(bundle):
+    """A bundle's docs travel without the repository: every relative link resolves inside the bundle folder."""
+    root = (BUNDLES_DIR / bundle).resolve()
+    for doc in (root / "docs").glob("*.md"):
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if "://" in target or target.startswith(("#", "mailto:")):
+                continue
+            path = (doc.parent / target.split("#")[0]).resolve()
+            assert path.is_relative_to(root) and path.exists(), f"{doc}: link {target}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_metadata_offline(bundle):
     from monai.bundle import verify_metadata
 

@@ -3,13 +3,13 @@
 Every bundle holds real files (no symbolic links: a zip, ``monai.bundle download`` and Windows clones turn links into
 text files). What the bundles share is written once, in ``bundles/common/``, and copied into each bundle by
 :func:`sync_bundles` (``onenet-med bundle sync``); a test fails when a bundle's copy differs from what it generates
-(``onenet-med bundle sync --check``). A bundle's own files are ``configs/metadata.json`` (its name says its task) and
-``docs/``.
+(``onenet-med bundle sync --check``). A bundle's own files are ``configs/metadata.json`` (its name says its task),
+``docs/README.md`` and ``docs/data_license.txt``.
 
 Generated per bundle:
 
 * ``configs/train.json``, ``evaluate.json``, ``multi_gpu_train.json``, ``multi_gpu_evaluate.json``,
-  ``logging.conf`` and ``LICENSE``: copies of ``common/``;
+  ``logging.conf``, ``docs/usage.md`` (how to use a bundle, anywhere) and ``LICENSE``: copies of ``common/``;
 * ``configs/inference.json``: runs alone, model-zoo style. ``common/configs/inference.json`` is written as an overlay
   on ``train.json``; the bundle's copy is that overlay plus every ``train.json`` entry it refers to (directly or
   through other entries, and ``imports``), so a change to a shared entry of ``train.json`` reaches it too.
@@ -44,6 +44,7 @@ COPIED = (
     "configs/multi_gpu_train.json",
     "configs/multi_gpu_evaluate.json",
     "configs/logging.conf",
+    "docs/usage.md",
     "LICENSE",
 )
 #: Overlays written standalone: bundle file -> the config whose entries it needs (same name under ``common/``).
