@@ -317,6 +317,7 @@ def test_missing_dataset_dir_is_explained(tmp_path):
     assert "nowhere" in str(error.value.__cause__) and "--dataset_dir" in str(error.value.__cause__)
 
 
+@pytest.mark.slow  # the fast suite runs bundles in a subprocess in test_exported_bundle_runs_outside_the_checkout
 def test_monai_bundle_run_subprocess(tmp_path, subprocess_env):
     """The README's main entry, as a user types it (tiny overrides)."""
     dataset_dir = make_dataset("onenet_heart", tmp_path / "data")
