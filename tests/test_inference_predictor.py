@@ -163,7 +163,7 @@ def test_brain_four_channels_and_wrong_channel_counts(tmp_path):
 def test_torchscript_model_ts_equals_state_dict(tmp_path, heart_case):
     image, _ = heart_case
     bundle = tmp_path / "onenet_heart"
-    shutil.copytree(BUNDLES / "onenet_heart", bundle)  # symlinked shared configs are copied as files
+    shutil.copytree(BUNDLES / "onenet_heart", bundle)  # a copy of the bundle: outputs and lookups stay in it
     save_checkpoint(bundle / "models" / "model.ts", "heart", spread_on=image, torchscript=True)
     scripted = Predictor.from_bundle(bundle, device="cpu")  # no model.pt: models/model.ts is picked
     assert isinstance(scripted.network, torch.jit.ScriptModule)

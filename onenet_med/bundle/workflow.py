@@ -234,14 +234,14 @@ def prepare_datalists(
             seed=recorded[1],
             **how,
         )
-    if check != "none":
-        for split in splits:
-            try:
-                problems = validate_datalist(spec, lists[split], level=check, num_workers=max(1, num_workers))
-            except Exception as error:
-                raise _with_dataset_json_hint(error, spec, dataset_dir) from None
-            for warning in problems:
-                logger.warning(str(warning))
+    if check != "none":  # every split in one check: one error listing every bad file of every split
+        items = [item for split in splits for item in lists[split]]
+        try:
+            problems = validate_datalist(spec, items, level=check, num_workers=max(1, num_workers))
+        except Exception as error:
+            raise _with_dataset_json_hint(error, spec, dataset_dir) from None
+        for warning in problems:
+            logger.warning(str(warning))
     sizes = ", ".join(f"{k} {len(v)}" for k, v in lists.items())
     logger.info(f"task {spec.name}: {sizes} items from {dataset_dir}")
     return lists
