@@ -226,6 +226,26 @@ def test_resume_errors(tmp_path):
         set_determinism(seed=None)
 
 
+@pytest.mark.parametrize(
+    "enabled, attached", [("false", False), ("False", False), (0, False), ("0", False), ("true", True), (1, True)]
+)
+def test_resumer_enabled_is_a_switch(tmp_path, enabled, attached):
+    """``enabled="false"`` (a command-line value) must not resume; ``bool("false")`` would."""
+    engine = Engine(lambda e, b: None)
+    CheckpointResumer(tmp_path, {"model": torch.nn.Linear(1, 1)}, enabled=enabled).attach(engine)
+    if attached:  # no latest.pt in the folder: resuming must fail
+        with pytest.raises(FileNotFoundError, match="cannot resume"):
+            engine.run([0], max_epochs=1)
+    else:
+        engine.run([0], max_epochs=1)
+        assert engine.state.iteration == 1
+
+
+def test_resumer_rejects_other_values(tmp_path):
+    with pytest.raises(ValueError, match="switch 'enabled'.*got 'yes'"):
+        CheckpointResumer(tmp_path, {}, enabled="yes")
+
+
 def bundle_config(ckpt_dir, max_epochs: int, resume: bool) -> dict:
     """A train.json-like config wiring every factory and handler of the engine and metrics packages."""
     return {

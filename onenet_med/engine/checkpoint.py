@@ -14,7 +14,8 @@ Typical bundle wiring (train.json)::
 
     "train#handlers": [..., {"_target_": "ValidationHandler", ...},
         {"_target_": "onenet_med.engine.CheckpointResumer", "ckpt_dir": "@ckpt_dir",
-         "load_dict": "@checkpoint_objects", "transforms": "@train#preprocessing", "enabled": "@resume"},
+         "load_dict": "@checkpoint_objects", "transforms": "@train#preprocessing",
+         "enabled": "$onenet_med.switch(@resume, 'resume')"},
         {"_target_": "onenet_med.engine.LatestCheckpointSaver", "ckpt_dir": "@ckpt_dir",
          "save_dict": "@checkpoint_objects", "transforms": "@train#preprocessing"}]
     "checkpoint_objects": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
@@ -41,6 +42,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from onenet_med.engine.atomic import atomic_torch_save
+from onenet_med.switches import switch
 
 __all__ = [
     "BEST_FILENAME",
@@ -264,7 +266,8 @@ class CheckpointResumer:
         missing_ok: start from scratch (with a log message) when the checkpoint does not exist, instead of raising.
         transforms: random transforms whose states are restored (the same as given to the saver).
         map_location: device for the loaded tensors.
-        enabled: when false, ``attach`` does nothing (config switch: ``"enabled": "@resume"``).
+        enabled: when false, ``attach`` does nothing (a switch: ``true false True False 1 0``; config:
+            ``"enabled": "$onenet_med.switch(@resume, 'resume')"``).
     """
 
     def __init__(
@@ -277,7 +280,7 @@ class CheckpointResumer:
         map_location: str | torch.device = "cpu",
         enabled: bool = True,
     ) -> None:
-        self.enabled = bool(enabled)
+        self.enabled = switch(enabled, "enabled")  # bool('false') would be True
         self.path = os.path.join(os.fspath(ckpt_dir), filename)
         self.load_dict = dict(load_dict)
         self.load_dict.setdefault("rng", RNGState(transforms))
