@@ -354,3 +354,25 @@ def test_bundle_config_wiring(tmp_path):
     trainer.run()
     assert executed == [3, 4] and trainer.state.epoch == 2
     assert load_checkpoint(tmp_path / "latest.pt")["trainer"]["iteration"] == 4
+
+
+def test_bundle_checkpoint_loader_names_the_file(tmp_path):
+    """Weights of another network fail naming the file and what does not fit; fitting weights load."""
+    from onenet_med.engine import BundleCheckpointLoader, describe_state_mismatch
+
+    ours, other = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 2, 1)), nn.Sequential(nn.Conv2d(1, 4, 3))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    torch.save(ours.state_dict(), tmp_path / "ours.pt")
+    assert describe_state_mismatch(ours, other.state_dict()) == (
+        "2 missing keys (first: 1.weight), 1 shape mismatch (first: 0.weight: checkpoint (4, 1, 3, 3), "
+        "network (4, 1, 1, 1))"
+    )
+    assert describe_state_mismatch(ours, ours.state_dict()) == ""
+    engine = Engine(lambda e, b: None)
+    with pytest.raises(ValueError, match=rf"checkpoint {tmp_path / 'other.pt'} does not fit the network Sequential"):
+        BundleCheckpointLoader(str(tmp_path / "other.pt"), {"model": ours})(engine)
+    with pytest.raises(FileNotFoundError, match=rf"checkpoint {tmp_path / 'none.pt'} does not exist"):
+        BundleCheckpointLoader(str(tmp_path / "none.pt"), {"model": ours})(engine)
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 2, 1))
+    BundleCheckpointLoader(str(tmp_path / "ours.pt"), {"model": fresh})(engine)
+    torch.testing.assert_close(fresh.state_dict(), ours.state_dict())

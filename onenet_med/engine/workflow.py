@@ -102,10 +102,10 @@ def prepare_datalists(
             "(see the bundle's docs/README.md) or pass --dataset_dir PATH"
         )
     lists = get_datalists(task, dataset_dir, val_fraction=val_fraction, seed=seed)
-    if check != "none":
-        for split in splits:
-            for warning in validate_datalist(task, lists[split], level=check, num_workers=max(1, num_workers)):
-                logger.warning(str(warning))
+    if check != "none":  # every split in one check: one error listing every bad file of every split
+        items = [item for split in splits for item in lists[split]]
+        for warning in validate_datalist(task, items, level=check, num_workers=max(1, num_workers)):
+            logger.warning(str(warning))
     sizes = ", ".join(f"{k} {len(v)}" for k, v in lists.items())
     logger.info(f"task {get_task(task).name}: {sizes} items from {dataset_dir}")
     return lists
