@@ -15,10 +15,10 @@ How a documented command is run (``plan``), in this order:
 
 The slow tests run every command of a doc, in order, as one pytest item each (``tests/test_docs.py::
 test_documented_command[README.md:27]``), in a copy of the checkout (the package is imported from the copy,
-so ``bundle_root`` and the default ``dataset_dir`` point into it) with tiny synthetic datasets in its
-``data/`` (tests/data_trees.py: MSD Heart, Brain, Lung, VOC, Pets): the checkout stays clean. Commands see ``python`` and ``onenet-med`` of the
-running interpreter's environment, one thread, no GPU. The terminal summary lists every command: ran (seconds),
-skipped (reason), failed.
+so ``bundle_root`` and the default ``dataset_dir`` point into it) with tiny synthetic datasets in its ``data/``
+(tests/data_trees.py: MSD Heart, Brain, Lung, VOC, Pets): the checkout stays clean. Commands see ``python`` and
+``onenet-med`` of the running interpreter's environment, one thread, no GPU. The terminal summary lists every
+command: ran (seconds), skipped (reason), failed.
 """
 
 from __future__ import annotations

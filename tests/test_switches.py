@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from fire.parser import DefaultParseValue
 from parameterized import parameterized
 
 from onenet_med.switches import SwitchArgumentParser, SwitchError, switch, switch_type
@@ -15,10 +16,17 @@ from tests.conftest import REPO_ROOT
 
 CONFIGS = Path(REPO_ROOT) / "bundles" / "common" / "configs"
 
-# what users type, as python-fire hands it to the bundle (lower case stays a string, digits become ints)
+# what users type, and what `python -m monai.bundle run` hands the config for it: MONAI's CLI is python-fire,
+# whose parser keeps lower case as a string and makes "True" a bool and "1" an int
 SPELLINGS = [("true", True), ("false", False), ("True", True), ("False", False), ("1", True), ("0", False)]
-FIRE_VALUES = [("true", True), ("false", False), (True, True), (False, False), (1, True), (0, False)]
+FIRE_VALUES = [(DefaultParseValue(text), meaning) for text, meaning in SPELLINGS]
 REJECTED = ["yes", "TRUE", "no", "", "2", 2, -1, 1.0, None]
+
+
+def test_fire_hands_over_strings_bools_and_ints():
+    """The types the switch must handle, as MONAI's command line produces them."""
+    assert FIRE_VALUES == [("true", True), ("false", False), (True, True), (False, False), (1, True), (0, False)]
+    assert [type(value) for value, _ in FIRE_VALUES] == [str, str, bool, bool, int, int]
 
 
 class TestSwitch:
