@@ -371,7 +371,7 @@ def budget_overrides(
             raise ValueError(f"iterations_per_epoch must be >= 1, got {n}")
         over["epoch_length"] = n
         # every step a full batch: the short remainder of a pass is dropped (the loader reshuffles each restart)
-        over["train#dataloader#drop_last"] = "$len(@train#dataset) > @train#dataloader#batch_size"
+        over["drop_last"] = "$len(@train#dataset) > @train#dataloader#batch_size"
     return over
 
 

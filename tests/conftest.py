@@ -25,3 +25,14 @@ def subprocess_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = ""
     return env
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """After a run of tests/test_docs.py: every documented command and what happened to it (ran, skipped, why)."""
+    import sys
+
+    docs = sys.modules.get("test_docs") or sys.modules.get("tests.test_docs")  # rootdir-relative or package name
+    if docs is not None and docs.RESULTS:
+        terminalreporter.write_sep("-", f"documented commands ({len(docs.RESULTS)})")
+        for line in docs.listing():
+            terminalreporter.write_line(line)

@@ -61,10 +61,11 @@ def test_standalone_inference_equals_train_plus_overlay(tmp_path):
 
 
 def test_standalone_config_closure_and_nested_ids():
-    base = {"imports": ["$import os"], "a": 1, "b": "$@a + 1", "c": {"x": "@b"}, "unused": "@a", "run": ["train"]}
+    base = {"imports": ["$import os"], "a": 1, "b": "$@a + 1", "c": {"x": "@b"}, "unused": "@a", "seed": 0,
+            "initialize": ["$set(@seed)"], "run": ["train"]}  # fmt: skip
     overlay = {"d": "$@c", "c#y": 2, "run": ["infer"], "b": 5}
     out = standalone_config(base, overlay)
-    assert list(out) == ["imports", "c", "d", "run", "b"]  # base's order, then the overlay's
+    assert list(out) == ["imports", "c", "seed", "initialize", "d", "run", "b"]  # base's order, then the overlay's
     assert out["c"] == {"x": "@b", "y": 2} and base["c"] == {"x": "@b"}  # nested id applied to a copy
     assert out["b"] == 5 and "a" not in out  # the overlay's b needs no a
     with pytest.raises(KeyError, match="'z' is not in the base config"):

@@ -317,16 +317,53 @@ def test_missing_dataset_dir_is_explained(tmp_path):
     assert "nowhere" in str(error.value.__cause__) and "--dataset_dir" in str(error.value.__cause__)
 
 
+PROGRESS_BAR = re.compile(r"\[\d+/\d+\]\s+\d+%\|")  # Ignite's tqdm bar: "Epoch [2/2]: [2/3]  67%|###"
+
+
+def bundle_run(args: list[str], settings: dict, env: dict) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` as a user types it: every value a string on the command line."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
+    for key, value in settings.items():
+        cmd += [f"--{key}", str(value)]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow  # the fast suite runs bundles in a subprocess in test_exported_bundle_runs_outside_the_checkout
-def test_monai_bundle_run_subprocess(tmp_path, subprocess_env):
-    """The README's main entry, as a user types it (tiny overrides)."""
+def test_monai_bundle_run_subprocess_resume_switch(tmp_path, subprocess_env):
+    """The README's main entry with switches spelled as in JSON: ``--resume false`` on a fresh folder trains from
+    scratch (python-fire hands over the string "false"), ``--resume true`` continues from latest.pt."""
     dataset_dir = make_dataset("onenet_heart", tmp_path / "data")
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/onenet_heart/configs/train.json"]
-    for key, value in {**TINY, "dataset_dir": dataset_dir, "bundle_root": tmp_path / "bundle"}.items():
-        args += [f"--{key}", str(value)]
-    done = subprocess.run(args, cwd=REPO_ROOT, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    settings = {**TINY, "dataset_dir": dataset_dir, "bundle_root": tmp_path / "bundle"}
+    config = ["--config_file", "bundles/onenet_heart/configs/train.json"]
+    done = bundle_run(config, {**settings, "resume": "false", "progress": "false"}, subprocess_env)
     assert done.returncode == 0, done.stderr[-3000:]
+    latest = torch.load(tmp_path / "bundle" / "models" / "latest.pt", weights_only=True)
+    epoch_length = latest["trainer"]["epoch_length"]
+    assert latest["trainer"]["iteration"] == epoch_length  # one epoch, from scratch
     assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
+    assert not PROGRESS_BAR.search(done.stderr)  # --progress false: no bar
+
+    done = bundle_run(config, {**settings, "resume": "true", "progress": "true", "max_epochs": 2}, subprocess_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'bundle' / 'models' / 'latest.pt'} at epoch 1" in done.stdout + done.stderr
+    assert PROGRESS_BAR.search(done.stderr)  # --progress true: the bar
+    latest = torch.load(tmp_path / "bundle" / "models" / "latest.pt", weights_only=True)
+    assert latest["trainer"]["iteration"] == 2 * epoch_length
+
+
+@pytest.mark.parametrize("value, on", [("true", True), ("false", False), ("True", True), ("0", False), (1, True)])
+def test_switches_reach_the_components(tmp_path, value, on):
+    """The instantiated trainer, loader and handlers get real booleans from every spelling."""
+    from ignite.handlers import ProgressBar
+
+    dataset_dir = make_dataset("onenet_heart", tmp_path / "data")
+    wf = workflow("onenet_heart", "train", tmp_path, dataset_dir, amp=value, drop_last=value, progress=value)
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.amp is on and wf.parser.get_parsed_content("validate#evaluator").amp is on
+    assert trainer.data_loader.drop_last is on
+    bar = next(h for h in wf.parser.get_parsed_content("train#handlers") if isinstance(h, ProgressBar))
+    assert bar.tqdm_kwargs["disable"] is (not on)
 
 
 def test_export_verbs(tmp_path):

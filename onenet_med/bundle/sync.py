@@ -12,7 +12,8 @@ Generated per bundle:
   ``logging.conf``, ``docs/usage.md`` (how to use a bundle, anywhere) and ``LICENSE``: copies of ``common/``;
 * ``configs/inference.json``: runs alone, model-zoo style. ``common/configs/inference.json`` is written as an overlay
   on ``train.json``; the bundle's copy is that overlay plus every ``train.json`` entry it refers to (directly or
-  through other entries, and ``imports``), so a change to a shared entry of ``train.json`` reaches it too.
+  through other entries), and its ``imports`` and ``initialize`` (the failure summary, the seed), so a change to a
+  shared entry of ``train.json`` reaches it too.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ COPIED = (
 #: Overlays written standalone: bundle file -> the config whose entries it needs (same name under ``common/``).
 STANDALONE = {"configs/inference.json": "configs/train.json"}
 
+#: Entries of the base every standalone config gets, referred to or not: what a run does before anything else.
+ALWAYS_COPIED = ("imports", "initialize")
+
 _REFERENCE = re.compile(r"@(\w+)")
 
 
@@ -71,7 +75,7 @@ def _references(value: Any) -> set[str]:
 
 
 def standalone_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """``overlay`` plus the entries of ``base`` it needs, as one config that runs alone.
+    """``overlay`` plus the entries of ``base`` it needs (and :data:`ALWAYS_COPIED`), as one config that runs alone.
 
     Loading ``base`` and then the result gives what loading ``base`` and then ``overlay`` gives (the copied entries
     are ``base``'s own). Nested overlay ids (``network_def#trained``) are applied to the copied entry.
@@ -82,7 +86,7 @@ def standalone_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> di
     """
     nested = {k: v for k, v in overlay.items() if "#" in k}
     top = {k: v for k, v in overlay.items() if "#" not in k}
-    needed = {"imports"} | {k.split("#", 1)[0] for k in nested} | _references(overlay)
+    needed = {*ALWAYS_COPIED} | {k.split("#", 1)[0] for k in nested} | _references(overlay)
     pending = list(needed)
     while pending:
         key = pending.pop()

@@ -26,6 +26,7 @@ _LAZY = {
     "detect_layout": "check",
     "validate_datalist": "check",
     "CACHE_MODES": "datasets",
+    "cache_mode": "datasets",
     "get_datalists": "datasets",
     "get_dataset": "datasets",
     "build_demo_dataset": "demo",
