@@ -323,17 +323,28 @@ def _bundle_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def compared_dataset_dir(settings: CompareSettings) -> str:
+    """The dataset folder of every run of the comparison: ``--dataset-dir``, else the bundle's default found from the
+    bundle's own folder (each run trains with its own ``bundle_root``, a run folder holding no data)."""
+    from onenet_med.bundle.workflow import default_dataset_dir
+
+    if settings.dataset_dir is not None:
+        return os.path.abspath(settings.dataset_dir)
+    task = settings.overrides.get("task", _bundle_defaults(settings.bundle)["task"])
+    return os.path.abspath(default_dataset_dir(task, Path(settings.bundle).resolve()))
+
+
 def held_out_items(
     settings: CompareSettings, save_split: str | os.PathLike | None = None
 ) -> tuple[TaskSpec, list[dict], list[dict]]:
     """(task, training items, held-out items) of the bundle's data under the compare overrides, split as the bundle's
     training splits it (or by the ``split_file`` override); with ``save_split`` the split is written there
     (``datalist.json``), for every network to train and be evaluated on exactly these cases."""
-    from onenet_med.bundle.workflow import default_dataset_dir, prepare_datalists, resolve_task
+    from onenet_med.bundle.workflow import prepare_datalists, resolve_task
 
     d = _bundle_defaults(settings.bundle)
     task = settings.overrides.get("task", d["task"])
-    dataset_dir = settings.dataset_dir or default_dataset_dir(task, Path(settings.bundle).resolve())
+    dataset_dir = compared_dataset_dir(settings)
     spec = resolve_task(task, dataset_dir)
     lists = prepare_datalists(
         spec,
@@ -377,9 +388,7 @@ def budget_overrides(
 
 def shared_overrides(settings: CompareSettings) -> dict[str, Any]:
     """The overrides every network gets (data and budget), before the per-network ones."""
-    over: dict[str, Any] = {}
-    if settings.dataset_dir is not None:
-        over["dataset_dir"] = os.path.abspath(settings.dataset_dir)
+    over: dict[str, Any] = {"dataset_dir": compared_dataset_dir(settings)}
     over.update(budget_overrides(settings.epochs, settings.iterations_per_epoch, settings.batch_size))
     over.update(settings.overrides)
     return over

@@ -143,6 +143,10 @@ def test_shared_overrides_budget():
     over = shared_overrides(s)
     assert over["max_epochs"] == 5 and over["batch_size"] == 2 and over["seed"] == 3
     assert over["epoch_length"] == 7 and "drop_last" in " ".join(over)
+    # no --dataset-dir: the bundle's default, found from the bundle's folder (each run's bundle_root holds no data)
+    assert over["dataset_dir"] == os.path.join(REPO_ROOT, "data", "Task00_MNI152Tissue")
+    given = shared_overrides(CompareSettings(BUNDLE, ["unet4"], "out", dataset_dir="elsewhere/data"))["dataset_dir"]
+    assert given == os.path.abspath("elsewhere/data")
     with pytest.raises(ValueError, match="iterations_per_epoch"):
         shared_overrides(CompareSettings(BUNDLE, ["unet4"], "out", iterations_per_epoch=0))
 
