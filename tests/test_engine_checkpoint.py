@@ -371,6 +371,13 @@ def test_bundle_checkpoint_loader_names_the_file(tmp_path):
     engine = Engine(lambda e, b: None)
     with pytest.raises(ValueError, match=rf"checkpoint {tmp_path / 'other.pt'} does not fit the network Sequential"):
         BundleCheckpointLoader(str(tmp_path / "other.pt"), {"model": ours})(engine)
+    record = tmp_path / "task.json"
+    with pytest.raises(ValueError, match=rf"no {record} beside it records them"):  # where the settings would be
+        BundleCheckpointLoader(str(tmp_path / "other.pt"), {"model": ours})(engine)
+    record.write_text("{}")
+    with pytest.raises(ValueError) as error:
+        BundleCheckpointLoader(str(tmp_path / "other.pt"), {"model": ours})(engine)
+    assert "task.json" not in str(error.value)
     with pytest.raises(FileNotFoundError, match=rf"checkpoint {tmp_path / 'none.pt'} does not exist"):
         BundleCheckpointLoader(str(tmp_path / "none.pt"), {"model": ours})(engine)
     fresh = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 2, 1))

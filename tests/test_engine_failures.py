@@ -4,6 +4,7 @@ parts on hand-made exception chains."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ TINY = ["--network_def#features", "4", "--spatial_size", "32", "--batch_size", "
 TINY += ["--max_epochs", "1", "--val_interval", "1", "--bn_refresh_batches", "1", "--progress", "false"]
 TRAIN = "bundles/onenet_heart/configs/train.json"
 EVALUATE = "['bundles/onenet_heart/configs/train.json','bundles/onenet_heart/configs/evaluate.json']"
+INFERENCE = "bundles/onenet_heart/configs/inference.json"
 
 
 def bad_data(tmp: Path) -> tuple[Path, list[str]]:
@@ -42,6 +44,25 @@ def checkpoint_of_another_network(tmp: Path) -> tuple[Path, list[str]]:
     path.parent.mkdir(parents=True)
     torch.save(get_network("unet4", 1, 2, features=4).state_dict(), path)
     return task, [f"ValueError: checkpoint {path} does not fit the network OneNet of this configuration: "]
+
+
+def unreadable_task_record(tmp: Path) -> tuple[Path, list[str]]:
+    """``models/task.json`` beside the checkpoint that is not a task record."""
+    task = make_msd_task(tmp / "data", "heart", n_train=4, n_test=1)
+    record = tmp / "bundle" / "models" / "task.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"format": 1, "task": {"name": "heart"')
+    return task, [f"ValueError: {record}: not a task record of onenet-med"]
+
+
+def saved_split(tmp: Path) -> tuple[Path, list[str]]:
+    """The training run's ``output/datalist.json`` (val_fraction 0.2); evaluation asks for 0.5."""
+    task = make_msd_task(tmp / "data", "heart", n_train=4, n_test=1)
+    split = tmp / "bundle" / "output" / "datalist.json"
+    split.parent.mkdir(parents=True)
+    document = {"train": ["case_000", "case_001", "case_002"], "validation": ["case_003"], "val_fraction": 0.2}
+    split.write_text(json.dumps({**document, "seed": 0, "task": "heart"}))
+    return task, [f"ValueError: {split}: this run asks for val_fraction=0.5, but the model was trained on the split"]
 
 
 # (case, config files, extra arguments, data builder, expected last lines: each a substring of one line, in order)
@@ -75,6 +96,25 @@ CASES = [
         ["--resume", "maybe"],
         lambda tmp: (make_msd_task(tmp / "data", "heart"), []),
         ["SwitchError: switch 'resume' takes true, false, True, False, 1 or 0; got 'maybe'"],
+    ),
+    ("unreadable_task_record", EVALUATE, [], unreadable_task_record, None),
+    ("saved_split_of_other_settings", EVALUATE, ["--val_fraction", "0.5"], saved_split, None),
+    (
+        "missing_split_file",
+        TRAIN,
+        ["--split_file", "no_such_split.json"],
+        lambda tmp: (make_msd_task(tmp / "data", "heart"), []),
+        ["FileNotFoundError: split file no_such_split.json does not exist"],
+    ),
+    (  # inference.json alone: its initialize (copied from train.json by bundle sync) installs the summary too
+        "inference_alone_without_checkpoint",
+        INFERENCE,
+        [],
+        lambda tmp: (
+            make_msd_task(tmp / "data", "heart"),
+            [f"FileNotFoundError: checkpoint {tmp / 'bundle' / 'models' / 'model.pt'} does not exist"],
+        ),
+        None,
     ),
 ]
 
@@ -114,7 +154,8 @@ def test_failure_summary_of_each_case(tmp_path, case, config, extra, build, expe
     overrides = {key[2:]: DefaultParseValue(value) for key, value in zip(argv[2::2], argv[3::2])}
     names = ast.literal_eval(config) if config.startswith("[") else [config]
     files = [str(Path(REPO_ROOT) / name) for name in names]
-    workflow = ConfigWorkflow(config_file=files, logging_file=False, workflow_type="train", **overrides)
+    kind = "infer" if config == INFERENCE else "train"
+    workflow = ConfigWorkflow(config_file=files, logging_file=False, workflow_type=kind, **overrides)
     with pytest.raises(Exception) as error:
         workflow.initialize()
         workflow.run()

@@ -425,5 +425,15 @@ class BundleCheckpointLoader(CheckpointLoader):
             raise ValueError(
                 f"checkpoint {self.load_path} does not fit the network {type(_unwrap(model)).__name__} of this "
                 f"configuration: {mismatch}. Weights of another network or other settings? Pass the overrides it "
-                "was trained with (--network_name, --network_def#features, ...)"
+                f"was trained with (--network_name, --network_def#features, ...){_record_hint(self.load_path)}"
             ) from error
+
+
+def _record_hint(checkpoint: str | os.PathLike) -> str:
+    """Where a bundle reads a model's training settings from, when that file is missing."""
+    from onenet_med.bundle.record import TASK_RECORD
+
+    record = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), TASK_RECORD)
+    if os.path.isfile(record):
+        return ""
+    return f"; no {record} beside it records them (training writes it: keep it with the checkpoint)"
