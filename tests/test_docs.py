@@ -94,7 +94,9 @@ def _pets_archives(ws: Path) -> None:
     """images.tar.gz (images/...) and annotations.tar.gz (annotations/...) as the Oxford-IIIT Pet site ships them."""
     from tests.data_trees import make_pets_tree
 
-    shutil.rmtree(ws / "data" / "oxford-iiit-pet")  # the prebuilt tree: the doc's extraction must make it
+    # the prebuilt tree out, the empty folder the doc's `mkdir -p` made in: the doc's extraction must fill it
+    shutil.rmtree(ws / "data" / "oxford-iiit-pet")
+    (ws / "data" / "oxford-iiit-pet").mkdir()
     pets = make_pets_tree(ws / "archive_src")
     for name in ("images", "annotations"):
         with tarfile.open(ws / f"{name}.tar.gz", "w:gz") as tar:
@@ -224,6 +226,12 @@ DOC_COMMANDS: list[Entry] = [
         "new_scans/ is the user's own: tiny volumes of the dataset's kind stand in",
         setup=_scans("new_scans/hippo_201.nii.gz", task=HIPPOCAMPUS),
         prepare=True,
+    ),
+    Entry(
+        r"\bdata/TaskXX_Name\b",
+        "TaskXX_Name is a placeholder: the Hippocampus-like task of no registered kind",
+        prepare=True,
+        substitute=((r"\bdata/TaskXX_Name\b", "data/Task04_Hippocampus"),),
     ),
     Entry(
         r"file:///path/to/dist/",
