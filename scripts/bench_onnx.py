@@ -258,7 +258,7 @@ def print_speed(r: dict[str, Any]) -> None:
 
 
 def dice(args: argparse.Namespace) -> dict[str, Any]:
-    from onenet_med.engine.workflow import prepare_datalists
+    from onenet_med.bundle.workflow import prepare_datalists
     from onenet_med.inference import Predictor, load_bundle_config
     from onenet_med.inference.cli import parse_overrides
     from onenet_med.inference.export import export_bundle

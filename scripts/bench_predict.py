@@ -49,7 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a source checkout without installing
     sys.path.insert(0, str(REPO))
 
-from onenet_med.inference import Predictor, load_bundle_config  # noqa: E402
+from onenet_med.bundle import load_bundle_config  # noqa: E402
+from onenet_med.inference import Predictor  # noqa: E402
 
 HEART_AFFINE = np.array([[-1.25, 0, 0, 200.0], [0, -1.25, 0, 180.0], [0, 0, 1.37, -90.0], [0, 0, 0, 1]])
 

@@ -38,3 +38,14 @@ def exported_heart(tmp_path_factory):
 
     torch.set_num_threads(1)
     return export_tiny_heart(tmp_path_factory.mktemp("exported_heart"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """After a run of tests/test_docs.py: every documented command and what happened to it (ran, skipped, why)."""
+    import sys
+
+    docs = sys.modules.get("test_docs") or sys.modules.get("tests.test_docs")  # rootdir-relative or package name
+    if docs is not None and docs.RESULTS:
+        terminalreporter.write_sep("-", f"documented commands ({len(docs.RESULTS)})")
+        for line in docs.listing():
+            terminalreporter.write_line(line)

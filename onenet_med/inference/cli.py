@@ -114,7 +114,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _outputs(path: str, out_dir: str, args: argparse.Namespace) -> dict[str, str]:
-    from onenet_med.inference.predictor import output_name
+    from onenet_med.bundle.inputs import output_name
 
     outs = {
         "labels": os.path.join(out_dir, output_name(path, "seg")),
@@ -126,7 +126,7 @@ def _outputs(path: str, out_dir: str, args: argparse.Namespace) -> dict[str, str
 
 
 def _overlay_prefix(path: str, out_dir: str) -> str:
-    from onenet_med.inference.predictor import output_name
+    from onenet_med.bundle.inputs import output_name
 
     return os.path.join(out_dir, output_name(path, "overlay", ""))
 
@@ -135,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
     """Predict every input; returns 0 when all succeeded, 1 when any failed, 2 on a usage/bundle error."""
     from tqdm.auto import tqdm
 
+    from onenet_med.bundle.inputs import expand_inputs
     from onenet_med.engine.atomic import atomic_write_text
     from onenet_med.inference.overlays import save_overlays
-    from onenet_med.inference.predictor import Predictor, expand_inputs
+    from onenet_med.inference.predictor import Predictor
 
     start = time.perf_counter()
     try:

@@ -115,7 +115,7 @@ def calibration_slices(
         FileNotFoundError: no dataset at the bundle's ``dataset_dir``.
         ValueError: ``count`` < 1 or an empty training split.
     """
-    from onenet_med.engine.workflow import prepare_datalists
+    from onenet_med.bundle.workflow import prepare_datalists
 
     if count < 1:
         raise ValueError(f"calibration needs at least 1 slice, got {count}")
@@ -302,6 +302,7 @@ def export_bundle(
         ImportError: ONNX formats without the ``onnx`` extra.
         FileNotFoundError: no bundle, checkpoint or calibration data.
     """
+    from onenet_med.bundle.config import load_bundle_config
     from onenet_med.engine.atomic import atomic_path, atomic_write_text
     from onenet_med.inference.backends import (
         INPUT_NAME,
@@ -311,7 +312,7 @@ def export_bundle(
         import_onnxruntime,
         preprocessing_identity,
     )
-    from onenet_med.inference.predictor import load_bundle_config, load_network
+    from onenet_med.inference.predictor import load_network
     from onenet_med.networks import optimize_for_inference
 
     if fmt not in EXPORT_FORMATS:

@@ -1,0 +1,62 @@
+"""Reading a bundle folder's configs from Python (the Predictor, benchmarks, notebooks)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_bundle_config"]
+
+
+def load_bundle_config(
+    bundle_dir: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+):
+    """The bundle's ``inference.json`` (which runs alone) + ``metadata.json`` in a :class:`monai.bundle.ConfigParser`,
+    with ``bundle_root`` set to ``bundle_dir`` and ``overrides`` applied (``{"network_def#features": 8}``; settings
+    that only training has, such as ``max_epochs`` or ``train#...``, are left out, so one set of overrides serves
+    training and prediction).
+
+    Args:
+        bundle_dir: the bundle folder.
+        overrides: config overrides, as on the ``monai.bundle`` command line.
+        checkpoint: the weights to use (``ckpt_path``); the task saved beside it (``task.json``) then defines the
+            task, the preprocessing and the network's arguments.
+
+    Raises:
+        FileNotFoundError: ``bundle_dir`` is not a bundle folder (no ``configs/inference.json``).
+        KeyError: an override that is no setting of the bundle.
+    """
+    from monai.bundle import ConfigParser
+
+    configs = Path(bundle_dir) / "configs"
+    files = [configs / "inference.json", configs / "metadata.json"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{bundle_dir} is not a bundle folder: missing {', '.join(missing)}")
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    parser.read_meta(str(configs / "metadata.json"))
+    parser["bundle_root"] = str(Path(bundle_dir).resolve())
+    if checkpoint is not None:
+        parser["ckpt_path"] = os.path.abspath(checkpoint)
+    training_only = _training_ids(configs) - set(parser.get())
+    for key, value in (overrides or {}).items():
+        top = key.split("#", 1)[0]
+        if top in training_only:
+            continue  # a training setting (train#..., max_epochs, ...): prediction does not run that part
+        if top not in parser.get():
+            raise KeyError(f"{key!r} is not a setting of {configs / 'inference.json'}")
+        parser[key] = value
+    return parser
+
+
+def _training_ids(configs: Path) -> set[str]:
+    """Top-level ids of the bundle's ``train.json`` (empty when it has none)."""
+    import json
+
+    train = configs / "train.json"
+    return set(json.loads(train.read_text())) if train.is_file() else set()
