@@ -334,7 +334,7 @@ def test_predictor_runs_the_inference_copy(tmp_path, heart_case):
 
 
 def test_predictor_on_cpu_retains_freed_memory(monkeypatch):
-    import onenet_med.engine.switches as switches
+    import onenet_med.engine.network_switches as switches
 
     calls = []
     monkeypatch.setattr(switches, "retain_freed_cpu_memory", lambda: calls.append(1) or True)

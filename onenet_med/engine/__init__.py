@@ -16,9 +16,9 @@ from onenet_med.engine.checkpoint import (
 )
 from onenet_med.engine.failures import install_failure_summary
 from onenet_med.engine.losses import IGNORE_INDEX, WeightedCrossEntropyLoss, class_weights, get_loss
+from onenet_med.engine.network_switches import NetworkSwitches, apply_switches
 from onenet_med.engine.optim import get_optimizer
 from onenet_med.engine.schedules import get_lr_scheduler, paper_milestones
-from onenet_med.engine.switches import NetworkSwitches, apply_switches
 
 __all__ = [
     "BEST_FILENAME",

@@ -144,7 +144,7 @@ class Predictor:
         optimize: run the network's inference copy (:func:`onenet_med.networks.optimize_for_inference`; same
             logits, faster); TorchScript networks are used as they are. ``network`` itself is not changed. On
             CPU this also lets the C library keep freed memory for the next activations
-            (:func:`onenet_med.engine.switches.retain_freed_cpu_memory`: process-wide; the process keeps its
+            (:func:`onenet_med.engine.network_switches.retain_freed_cpu_memory`: process-wide; the process keeps its
             peak memory).
         amp: mixed precision (``torch.autocast``: float16 on CUDA, bfloat16 on CPU); default on for CUDA only.
         channels_last: convert the weights and each batch of slices to channels-last memory (the networks of
@@ -217,7 +217,7 @@ class Predictor:
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         if self.optimize and self.device.type == "cpu":
-            from onenet_med.engine.switches import retain_freed_cpu_memory
+            from onenet_med.engine.network_switches import retain_freed_cpu_memory
 
             retain_freed_cpu_memory()  # no page faults for every activation: 15-18% per 320x320 slice
         self.network = _prepare_network(network, self.device, self.optimize, self.channels_last, self.compile)
@@ -545,7 +545,7 @@ def _prepare_network(
     network: torch.nn.Module, device: torch.device, optimize: bool, channels_last: bool, compile: bool
 ) -> torch.nn.Module:
     """The module the predictor runs: the inference copy on ``device`` in eval mode, channels-last, compiled."""
-    from onenet_med.engine.switches import apply_switches
+    from onenet_med.engine.network_switches import apply_switches
 
     network = apply_switches(network, optimize=optimize).to(device).eval()
     return apply_switches(network, channels_last=channels_last, compile=compile)
