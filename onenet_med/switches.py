@@ -11,7 +11,9 @@ Adopting it takes one line:
 - in a bundle config, at every place the switch is used: ``"amp": "$onenet_med.switch(@amp, 'amp')"``;
 - in the ``onenet-med`` command line, flags (``action="store_true"``) of parsers built by
   :class:`SwitchArgumentParser` (every ``onenet-med`` sub-command) also take a value: ``--overwrite false``,
-  ``--overwrite=0``; an option holding a boolean value uses ``type=switch_type("--name")``.
+  ``--overwrite=0``; a setting whose default is "the bundle's" (on, off or unset) is a
+  ``argparse.BooleanOptionalAction`` pair with ``default=None`` (``--amp`` / ``--no-amp``), whose ``--amp false``
+  means ``--no-amp``; an option holding a boolean value uses ``type=switch_type("--name")``.
 """
 
 from __future__ import annotations
@@ -76,13 +78,25 @@ def _flag_options(parser: argparse.ArgumentParser) -> set[str]:
     return {option for action in parser._actions if isinstance(action, kinds) for option in action.option_strings}
 
 
+def _opposites(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``--amp`` -> ``--no-amp`` and back, for the parser's ``BooleanOptionalAction`` pairs."""
+    pairs: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse.BooleanOptionalAction):
+            positive = [o for o in action.option_strings if not o.startswith("--no-")]
+            for option in positive:
+                pairs[option], pairs["--no-" + option[2:]] = "--no-" + option[2:], option
+    return pairs
+
+
 class SwitchArgumentParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose flags also take a switch value.
 
     ``--overwrite`` alone still means on; ``--overwrite true|false|True|False|1|0`` and ``--overwrite=VALUE`` set
     it explicitly (``false`` = as if the flag were absent); ``--overwrite=yes`` is rejected naming the flag. A
-    flag followed by anything else (a path, another option) is a plain flag, as before. Sub-command parsers
-    created with ``add_subparsers`` are of the same class, so every sub-command gets this.
+    ``BooleanOptionalAction`` pair takes values the same way: ``--amp false`` is ``--no-amp`` (and ``--no-amp false``
+    is ``--amp``). A flag followed by anything else (a path, another option) is a plain flag, as before. Sub-command
+    parsers created with ``add_subparsers`` are of the same class, so every sub-command gets this.
     """
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
@@ -90,7 +104,8 @@ class SwitchArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(self._apply_switch_values(args), namespace)
 
     def _apply_switch_values(self, args: list[str]) -> list[str]:
-        flags = _flag_options(self)
+        opposites = _opposites(self)
+        flags = _flag_options(self) | set(opposites)
         out: list[str] = []
         i = 0
         while i < len(args):
@@ -110,6 +125,8 @@ class SwitchArgumentParser(argparse.ArgumentParser):
                 continue
             if on:
                 out.append(option)
+            elif option in opposites:
+                out.append(opposites[option])
             i += 1
         return out
 

@@ -94,9 +94,12 @@ def use_sites(config, name: str, path: str = "") -> list[tuple[str, str]]:
 def test_switches_are_found():
     switches = config_switches()
     assert {"resume", "amp", "progress", "drop_last", "load_pretrain", "separate_folder"} <= set(switches)
+    assert {"optimize", "channels_last", "compile"} <= set(switches)
     assert switches["resume"] is False and switches["progress"] is True and switches["drop_last"] is False
     assert switches["load_pretrain"] is True and switches["separate_folder"] is False
-    assert set(config_switches(["train.json", "evaluate.json"])) == {"resume", "amp", "progress", "drop_last"}
+    assert switches["optimize"] is True and switches["channels_last"] is False and switches["compile"] is False
+    speed = {"optimize", "channels_last", "compile"}
+    assert set(config_switches(["train.json", "evaluate.json"])) == {"resume", "amp", "progress", "drop_last", *speed}
 
 
 @parameterized.expand([(name,) for name in CONFIG_FILES])
@@ -157,8 +160,12 @@ def test_cache_switch_spellings(value, on):
 # -------------------------------------------------------------------------------------------- the onenet-med CLI
 
 
+FLAG_KINDS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+
+
 def cli_flags() -> list[tuple[list[str], argparse.ArgumentParser, argparse.Action]]:
-    """(sub-command words, its parser, flag action) for every presence flag of every ``onenet-med`` sub-command."""
+    """(sub-command words, its parser, flag action) for every presence flag (store_true / store_false) and every
+    ``--x`` / ``--no-x`` pair (BooleanOptionalAction) of every ``onenet-med`` sub-command."""
     from onenet_med.cli import build_parser
 
     found = []
@@ -168,11 +175,20 @@ def cli_flags() -> list[tuple[list[str], argparse.ArgumentParser, argparse.Actio
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
                     visit(sub, [*words, name])
-            elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            elif isinstance(action, FLAG_KINDS):
                 found.append((words, parser, action))
 
     visit(build_parser(), [])
     return found
+
+
+def flag_meanings(action: argparse.Action) -> list[tuple[str, object, object]]:
+    """``(option, value when on, value when off)`` of each option string of a flag action."""
+    if isinstance(action, argparse.BooleanOptionalAction):  # --amp false = --no-amp, --no-amp false = --amp
+        return [
+            (option, not option.startswith("--no-"), option.startswith("--no-")) for option in action.option_strings
+        ]
+    return [(option, action.const, action.default) for option in action.option_strings[:1]]
 
 
 def required_arguments(parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
@@ -188,8 +204,9 @@ def required_arguments(parser: argparse.ArgumentParser) -> tuple[list[str], list
 
 
 def test_cli_has_flags():
-    names = {action.option_strings[0] for _, _, action in cli_flags()}
+    names = {option for _, _, action in cli_flags() for option in action.option_strings}
     assert {"--overwrite", "--no-progress", "--quick", "--reuse"} <= names
+    assert {"--optimize", "--no-optimize", "--amp", "--no-amp", "--compile", "--no-channels-last"} <= names
 
 
 def test_every_cli_flag_takes_every_spelling():
@@ -198,17 +215,17 @@ def test_every_cli_flag_takes_every_spelling():
     parser = build_parser()
     for words, sub, action in cli_flags():
         options, positionals = required_arguments(sub)
-        flag, on = action.option_strings[0], not action.default
-        for text, meaning in SPELLINGS:
-            for given in ([flag, text], [f"{flag}={text}"]):
-                # the value right after the flag, positionals after it: the value must not be taken as an input
-                args = parser.parse_args([*words, *options, *given, *positionals])
-                assert getattr(args, action.dest) == (on if meaning else action.default), (words, given)
-                if positionals:
-                    dest = next(a.dest for a in sub._actions if not a.option_strings and a.nargs != "?")
-                    got = getattr(args, dest)
-                    assert (got if isinstance(got, str) else got[0]) == positionals[0], (words, given)
-        assert getattr(parser.parse_args([*words, *options, flag, *positionals]), action.dest) == on
+        for flag, on, off in flag_meanings(action):
+            for text, meaning in SPELLINGS:
+                for given in ([flag, text], [f"{flag}={text}"]):
+                    # the value right after the flag, positionals after it: the value must not be taken as an input
+                    args = parser.parse_args([*words, *options, *given, *positionals])
+                    assert getattr(args, action.dest) == (on if meaning else off), (words, given)
+                    if positionals:
+                        dest = next(a.dest for a in sub._actions if not a.option_strings and a.nargs != "?")
+                        got = getattr(args, dest)
+                        assert (got if isinstance(got, str) else got[0]) == positionals[0], (words, given)
+            assert getattr(parser.parse_args([*words, *options, flag, *positionals]), action.dest) == on
         assert getattr(parser.parse_args([*words, *options, *positionals]), action.dest) == action.default
 
 
@@ -231,6 +248,19 @@ def test_flag_before_a_path_stays_a_flag():
     assert args.quick is True and args.path == "data/Task02_Heart"
     args = build_parser().parse_args(["data", "check", "--quick", "--", "0"])  # a folder named 0
     assert args.quick is True and args.path == "0"
+
+
+def test_flag_pairs_take_values():
+    """A BooleanOptionalAction pair (default: unset, the bundle's setting): a value sets either side explicitly."""
+    parser = SwitchArgumentParser(prog="x")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("inputs", nargs="*")
+    assert parser.parse_args([]).amp is None
+    assert parser.parse_args(["--amp", "false", "a.nii"]) == argparse.Namespace(amp=False, inputs=["a.nii"])
+    assert parser.parse_args(["--no-amp=0"]).amp is True
+    assert parser.parse_args(["--amp", "b.nii"]) == argparse.Namespace(amp=True, inputs=["b.nii"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--amp=yes"])
 
 
 def test_switch_parser_subparsers_inherit():

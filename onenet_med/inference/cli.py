@@ -64,13 +64,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_override_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    speed = p.add_argument_group("speed switches (default: the bundle's settings)")
+    speed = p.add_argument_group(
+        "speed switches (default: the bundle's settings; each also takes a value: --compile false = --no-compile)"
+    )
     speed.add_argument(
-        "--no-optimize",
-        dest="optimize",
-        action="store_false",
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the network as trained instead of its inference copy (BatchNorm folded, oneDNN on CPU)",
+        help="run the network's inference copy (BatchNorm folded, oneDNN on CPU; the bundle's default); "
+        "--no-optimize: the network as trained",
     )
     speed.add_argument(
         "--amp",
@@ -79,10 +81,16 @@ def add_parser(subparsers) -> None:
         help="mixed precision (float16 on CUDA, bfloat16 on CPU); default: on for CUDA only",
     )
     speed.add_argument(
-        "--channels-last", action="store_true", default=None, help="channels-last weights and input batches"
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last weights and input batches",
     )
     speed.add_argument(
-        "--compile", action="store_true", default=None, help="torch.compile the network (first volume compiles)"
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the network (first volume compiles)",
     )
     p.set_defaults(func=run)
 
