@@ -53,6 +53,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from onenet_med.inference.backends import OnnxRuntimeNetwork, import_onnxruntime  # noqa: E402
+from onenet_med.inference.cli import add_override_option  # noqa: E402
 from onenet_med.inference.export import export_onnx, quantize_int8  # noqa: E402
 from onenet_med.networks import get_network, list_networks, optimize_for_inference  # noqa: E402
 from onenet_med.profiling import count_flops, measure_latency, write_json  # noqa: E402
@@ -258,8 +259,8 @@ def print_speed(r: dict[str, Any]) -> None:
 
 
 def dice(args: argparse.Namespace) -> dict[str, Any]:
-    from onenet_med.bundle.workflow import prepare_datalists
-    from onenet_med.inference import Predictor, load_bundle_config
+    from onenet_med.bundle import load_bundle_config, saved_datalists
+    from onenet_med.inference import Predictor
     from onenet_med.inference.cli import parse_overrides
     from onenet_med.inference.export import export_bundle
     from onenet_med.metrics import segmentation_metrics
@@ -283,15 +284,9 @@ def dice(args: argparse.Namespace) -> dict[str, Any]:
         )
         for fmt in ("onnx", "onnx-int8")
     }
-    parser = load_bundle_config(args.bundle, overrides)
+    parser = load_bundle_config(args.bundle, overrides, checkpoint=checkpoint)  # the task.json beside it
     spec = parser.get_parsed_content("task_spec")
-    cases = prepare_datalists(
-        spec.name,
-        parser.get_parsed_content("dataset_dir"),
-        val_fraction=parser.get_parsed_content("val_fraction"),
-        seed=parser.get_parsed_content("seed"),
-        check="none",
-    )["validation"]
+    cases = saved_datalists(parser, splits=("validation",))[0]["validation"]  # the training run's held-out cases
     predictors = {
         "torch": Predictor.from_bundle(args.bundle, checkpoint=checkpoint, overrides=overrides, device="cpu"),
         "ort_fp32": Predictor.from_bundle(
@@ -385,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--bundle", required=True)
     d.add_argument("--bundle-root", required=True, help="the training's bundle_root (models/model.pt)")
     d.add_argument("--dataset-dir", default=None)
-    d.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    add_override_option(d)
     d.add_argument("--calibration-slices", type=int, default=64)
     d.add_argument("--float-layers", type=int, default=2, help="leading convolutions kept float in int8 (export's)")
     d.add_argument("--out", default=None, help="export folder (default <bundle-root>/exported)")

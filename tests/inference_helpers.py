@@ -180,7 +180,7 @@ def export_tiny_heart(root) -> dict:
     for fmt in ("onnx", "onnx-int8", "torchscript"):
         argv = ["export", "--bundle", str(BUNDLES / "onenet_heart"), "--checkpoint", ckpt, "--format", fmt]
         argv += ["--out", str(out), "--dataset_dir", str(task), "--calibration-slices", "16"]
-        argv += ["--override", "network_def#features=4"]
+        argv += ["--override", "network_def#features=4", "--override", f"bundle_root={root / 'bundle'}"]
         if main(argv) != 0:
             raise RuntimeError(f"onenet-med {' '.join(argv)} failed")
         paths[fmt] = str(out / {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx", "torchscript": "model.ts"}[fmt])

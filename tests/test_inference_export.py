@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,9 @@ onnx = pytest.importorskip("onnx")
 
 
 def _heart_parser(task_dir, **overrides):
-    return load_bundle_config(HEART, {**TINY, "dataset_dir": str(task_dir), **overrides})
+    """The heart bundle's config on ``task_dir`` with its outputs (and saved split) beside it, not in the checkout."""
+    root = str(Path(task_dir).parent / "bundle")
+    return load_bundle_config(HEART, {**TINY, "dataset_dir": str(task_dir), "bundle_root": root, **overrides})
 
 
 def _preprocessed_slices(parser, case):
@@ -174,7 +177,8 @@ def test_calibration_slices_spread_over_cases_and_depth(tmp_path, count, expecte
 
     task = make_msd_task(tmp_path, "heart", n_train=4, n_test=0, shape=(20, 24, 12))
     parser = _heart_parser(task)
-    slices, files = calibration_slices(parser, count)
+    slices, files, split_file = calibration_slices(parser, count)
+    assert split_file == str(tmp_path / "bundle" / "output" / "datalist.json")  # none saved: the default split
     train = [str(t["image"]) for t in get_datalists("heart", task)["train"]]
     assert len(train) == 3  # 4 cases, 20% validation
     chosen = [train[i] for i in sorted({int(i) for i in np.linspace(0, 2, min(count, 3))})]
@@ -242,10 +246,86 @@ def test_calibration_slices_of_a_natural_image_task_are_its_training_images(tmp_
     from tests.data_trees import make_voc_tree
 
     voc = make_voc_tree(tmp_path)
-    parser = load_bundle_config(BUNDLES / "onenet_voc", {"dataset_dir": str(voc)})
-    slices, files = calibration_slices(parser, 5)
+    parser = load_bundle_config(BUNDLES / "onenet_voc", {"dataset_dir": str(voc), "bundle_root": str(tmp_path)})
+    slices, files, _ = calibration_slices(parser, 5)
     train = [str(t["image"]) for t in get_datalists("voc", voc)["train"]]
     assert files == train and len(slices) == len(train) == 2  # fewer images than asked for: each once
     expected = parser.get_parsed_content("preprocessing")({"image": train[1]})["image"].as_tensor().numpy()
     assert slices[1].shape == (1, 3, 256, 256)
     np.testing.assert_array_equal(slices[1][0], expected)
+
+
+def test_calibration_uses_the_split_training_saved(tmp_path):
+    """The training cases are those training wrote into output/datalist.json, not a fresh default split."""
+    from onenet_med.bundle import write_split
+    from tests.data_trees import make_msd_task
+
+    task = make_msd_task(tmp_path, "heart", n_train=4, n_test=0, shape=(20, 24, 12))
+    parser = _heart_parser(task)
+    items = {item["case_id"]: item for item in get_datalists("heart", task, val_fraction=0.2, seed=0)["train"]}
+    items.update({item["case_id"]: item for item in get_datalists("heart", task, val_fraction=0.2)["validation"]})
+    assert sorted(items) == ["case_000", "case_001", "case_002", "case_003"]
+    saved = tmp_path / "bundle" / "output" / "datalist.json"
+    lists = {"train": [items["case_001"], items["case_003"]], "validation": [items["case_000"], items["case_002"]]}
+    write_split(saved, lists, task="heart", val_fraction=0.5, seed=7)
+    slices, files, split_file = calibration_slices(parser, 4)
+    assert split_file == str(saved) and len(slices) == 4
+    assert files == [str(items["case_001"]["image"]), str(items["case_003"]["image"])]
+
+
+def _generic_msd_model(tmp_path):
+    """A model 'trained' with bundles/onenet_msd on the custom task: models/model.pt with models/task.json beside
+    it, as training writes them (2 MRI channels, 3 classes named core and rim; width 4, not the default)."""
+    from onenet_med.bundle.record import build_network, task_record, write_task_record
+    from tests.data_trees import CUSTOM_TASK, make_msd_task
+
+    task = make_msd_task(tmp_path / "data", CUSTOM_TASK, n_train=3, n_test=1)
+    net = build_network("onenet_ed4", 2, 3, features=4).eval()
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    torch.save(net.state_dict(), models / "model.pt")
+    write_task_record(models / "task.json", task_record(CUSTOM_TASK, net, spatial_size=None, batch_size=4))
+    return task, models / "model.pt", net
+
+
+def test_export_of_a_generic_msd_model_reads_its_task_json(tmp_path, capsys):
+    """onenet_msd: channels, classes, names and width come from task.json beside the checkpoint (no overrides);
+    the calibration reads that task's training data; task.json lands beside the exported model, where predict
+    --backend onnxruntime --model reads it."""
+    from onenet_med.inference import Predictor
+
+    task, ckpt, net = _generic_msd_model(tmp_path)
+    msd, out = BUNDLES / "onenet_msd", tmp_path / "exported"
+    root = {"bundle_root": str(tmp_path / "run")}
+    record = export_bundle(msd, out, "onnx-int8", checkpoint=ckpt, dataset_dir=task, overrides=root,
+                           calibration_count=4)  # fmt: skip
+    assert (record["in_channels"], record["out_channels"]) == (2, 3)
+    assert record["class_names"] == ["background", "core", "rim"] and record["network"] == "onenet_ed4"
+    assert record["overrides"] == {} and record["task_record"] == "task.json"
+    assert (out / "task.json").read_text() == (ckpt.parent / "task.json").read_text()
+    assert record["quantization"]["calibration_cases"][0].startswith(str(task / "imagesTr"))
+    fp32 = export_bundle(msd, out, "onnx", checkpoint=ckpt, overrides=root)  # no data needed for fp32
+    assert fp32["check"]["max_abs_diff_vs_torch"] < 1e-4 * max(1.0, fp32["check"]["max_abs_logit"])
+    predictor = Predictor.from_bundle(msd, backend="onnxruntime", model=out / "model.onnx")
+    assert predictor.spec.class_names == ("background", "core", "rim") and predictor.spec.in_channels == 2
+    case = task / "imagesTs" / "case_003.nii.gz"
+    torch_predictor = Predictor.from_bundle(msd, checkpoint=ckpt, device="cpu")
+    ort, reference = (
+        predictor.predict_volume(case, probabilities=True),
+        torch_predictor.predict_volume(case, probabilities=True),
+    )
+    assert ort.labels.shape == (20, 24, 12)
+    np.testing.assert_allclose(ort.probabilities, reference.probabilities, atol=1e-4)
+    argv = ["predict", "--bundle", str(msd), "--backend", "onnxruntime", "--model", str(out / "model_int8.onnx")]
+    assert main([*argv, str(case), "--output", str(tmp_path / "pred"), "--no-progress"]) == 0
+    assert "core mL" in capsys.readouterr().out
+
+
+def test_export_refuses_a_folder_holding_another_models_task(tmp_path):
+    task, ckpt, _ = _generic_msd_model(tmp_path)
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "task.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"exported/task.json holds the task of another model"):
+        export_bundle(BUNDLES / "onenet_msd", out, "onnx", checkpoint=ckpt)
+    assert sorted(p.name for p in out.iterdir()) == ["task.json"]

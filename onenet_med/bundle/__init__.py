@@ -12,6 +12,7 @@ from onenet_med._lazy import lazy_attributes
 
 _LAZY = {
     "load_bundle_config": "config",
+    "saved_datalists": "config",
     "IMAGE_SUFFIXES": "inputs",
     "expand_inputs": "inputs",
     "output_name": "inputs",

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_bundle_config"]
+__all__ = ["SAVED_SPLIT", "load_bundle_config", "saved_datalists"]
+
+#: The split training saves, in the bundle's ``output_dir`` (``train.json``'s ``saved_split``).
+SAVED_SPLIT = "datalist.json"
 
 
 def load_bundle_config(
@@ -60,3 +63,34 @@ def _training_ids(configs: Path) -> set[str]:
 
     train = configs / "train.json"
     return set(json.loads(train.read_text())) if train.is_file() else set()
+
+
+def saved_datalists(parser, splits: tuple[str, ...] = ("train", "validation")) -> tuple[dict[str, list[dict]], str]:
+    """The datalists of the training run a bundle config belongs to (:func:`load_bundle_config`), as
+    ``evaluate.json`` reads them: the split training saved (``output_dir/datalist.json``), else the default
+    ``val_fraction`` / ``seed`` with a warning that the held-out cases may differ. Files are not checked.
+
+    Args:
+        parser: the bundle's config, with ``dataset_dir`` (and ``bundle_root``) of the run.
+        splits: the lists needed.
+
+    Returns:
+        ``(datalists, the split file looked for)``.
+
+    Raises:
+        FileNotFoundError: no dataset at ``dataset_dir``.
+        ValueError: a saved split that does not fit the dataset (naming the file).
+    """
+    from onenet_med.bundle.workflow import prepare_datalists
+
+    split_file = os.path.join(parser.get_parsed_content("output_dir"), SAVED_SPLIT)
+    lists = prepare_datalists(
+        parser.get_parsed_content("task_spec"),
+        parser.get_parsed_content("dataset_dir"),
+        val_fraction=None,
+        seed=None,
+        check="none",
+        splits=splits,
+        split_file=split_file,
+    )
+    return lists, split_file

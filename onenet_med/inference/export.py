@@ -14,12 +14,16 @@ mode, BatchNorm folded exactly into the convolutions), with a dynamic batch, hei
 - ``onnx-int8``: ``<out>/model_int8.onnx``: ONNX Runtime static post-training quantization in QDQ format
   (``quantize_static``, per-channel int8 weights, uint8 activations, MinMax calibration; the first two
   convolutions stay float, ``--float-layers``), calibrated on
-  ``--calibration-slices`` (default 64) 2D slices of the bundle's **training** split (``--dataset_dir``, else the
-  bundle's ``dataset_dir``) after the bundle's own inference preprocessing. The slices are spread evenly over the
+  ``--calibration-slices`` (default 64) 2D slices of the **training** split (the one training saved,
+  ``output/datalist.json``; of ``--dataset_dir``, else the bundle's ``dataset_dir``) after the bundle's own inference
+  preprocessing. The slices are spread evenly over the
   training cases and, within a volume, evenly along the slicing axis (background slices included, as at inference).
   The record holds the voxel agreement of the int8 argmax with the fp32 argmax on those slices.
 - ``torchscript``: ``<out>/model.ts`` (``torch.jit.script``), usable with ``onenet-med predict --checkpoint``.
 
+The model is that of the checkpoint's ``task.json`` (written by training beside it: task, channels, classes,
+normalisation, network arguments; a model trained with ``onenet_msd`` on any dataset needs no overrides), and that
+record is copied into ``--out`` beside the exported file, where ``onenet-med predict --model`` reads it.
 Every file records what it is (:data:`onenet_med.inference.backends.RECORD_KEY`: ONNX ``metadata_props`` /
 TorchScript extra file, and ``<out>/<file>.json`` beside it): format, input/output names, channels, classes,
 network and overrides, checkpoint, and the bundle's preprocessing identity, so that ``onenet-med predict`` refuses a
@@ -96,42 +100,39 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, in_channels: int, ops
 
 def calibration_slices(
     parser: Any, count: int = DEFAULT_CALIBRATION_SLICES, axis: int = 2
-) -> tuple[list[np.ndarray], list[str]]:
-    """``count`` 2D slices of the bundle's training split after the bundle's inference preprocessing.
+) -> tuple[list[np.ndarray], list[str], str]:
+    """``count`` 2D slices of the training split after the bundle's inference preprocessing.
 
+    The training split is the one the checkpoint's training run saved (``output_dir/datalist.json``, as
+    ``evaluate.json`` reads it: :func:`onenet_med.bundle.config.saved_datalists`), else the bundle's default split.
     Cases are taken evenly over the training list (all when there are fewer than ``count``), slices evenly along
     ``axis`` of each volume (the Predictor's slicing axis after RAS orientation); natural-image tasks give one slice
     per image, so at most as many slices as training images.
 
     Args:
-        parser: the bundle's config (:func:`onenet_med.inference.load_bundle_config`, with ``dataset_dir``).
+        parser: the bundle's config (:func:`onenet_med.bundle.load_bundle_config`, with ``dataset_dir`` and the
+            checkpoint's ``ckpt_path``: its ``task.json`` defines the task and the preprocessing).
         count: number of slices (>= 1).
         axis: slicing axis of the preprocessed volume.
 
     Returns:
-        ``(slices, case files)``: float32 arrays ``(1, C, H, W)`` and the image files they come from.
+        ``(slices, case files, split file)``: float32 arrays ``(1, C, H, W)``, the image files they come from, and
+        the saved split looked for (it may not exist).
 
     Raises:
         FileNotFoundError: no dataset at the bundle's ``dataset_dir``.
         ValueError: ``count`` < 1 or an empty training split.
     """
-    from onenet_med.bundle.workflow import prepare_datalists
+    from onenet_med.bundle.config import saved_datalists
 
     if count < 1:
         raise ValueError(f"calibration needs at least 1 slice, got {count}")
     spec = parser.get_parsed_content("task_spec")
     preprocessing = parser.get_parsed_content("preprocessing")
-    dataset_dir = parser.get_parsed_content("dataset_dir")
-    lists = prepare_datalists(
-        spec.name,
-        dataset_dir,
-        val_fraction=parser.get_parsed_content("val_fraction"),
-        seed=parser.get_parsed_content("seed"),
-        check="none",
-        splits=("train",),
-    )
+    lists, split_file = saved_datalists(parser, splits=("train",))
     train = lists["train"]
     if not train:
+        dataset_dir = parser.get_parsed_content("dataset_dir")
         raise ValueError(f"{dataset_dir}: the training split is empty; nothing to calibrate on")
     chosen = sorted({int(i) for i in np.linspace(0, len(train) - 1, min(count, len(train)))})
     quota = [count // len(chosen) + (i < count % len(chosen)) for i in range(len(chosen))]
@@ -147,7 +148,29 @@ def calibration_slices(
         depth = image.shape[1 + axis]
         for z in sorted({int((k + 0.5) * depth / n) for k in range(n)}):
             slices.append(image.select(1 + axis, z)[None].contiguous().numpy())
-    return slices, files
+    return slices, files, split_file
+
+
+def _task_record_target(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[str, str] | None:
+    """``(text, target path)`` of the task record to copy beside the exported model, or ``None`` when the
+    checkpoint has none.
+
+    Raises:
+        ValueError: ``out_dir`` already holds the task record of another model (naming it).
+    """
+    from onenet_med.bundle.record import TASK_RECORD
+
+    source = Path(checkpoint).parent / TASK_RECORD
+    if not source.is_file():
+        return None
+    text = source.read_text()
+    target = Path(out_dir) / TASK_RECORD
+    if target.is_file() and target.read_text() != text:
+        raise ValueError(
+            f"{target} holds the task of another model ({source} differs): export into another folder, since "
+            "an exported model is used with the task.json beside it"
+        )
+    return text, str(target)
 
 
 class SliceCalibrationReader:
@@ -312,7 +335,7 @@ def export_bundle(
         import_onnxruntime,
         preprocessing_identity,
     )
-    from onenet_med.inference.predictor import load_network
+    from onenet_med.inference.predictor import checkpoint_path, load_network, use_checkpoint
     from onenet_med.networks import optimize_for_inference
 
     if fmt not in EXPORT_FORMATS:
@@ -324,9 +347,12 @@ def export_bundle(
     if dataset_dir is not None:
         overrides["dataset_dir"] = os.fspath(dataset_dir)
     parser = load_bundle_config(bundle_dir, overrides)
-    spec = parser.get_parsed_content("task_spec")
     name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
-    network, ckpt = load_network(parser, checkpoint, torch.device("cpu"), name)
+    ckpt = checkpoint_path(parser, checkpoint)
+    use_checkpoint(parser, ckpt)  # the task.json beside it defines the task and the network's arguments
+    task_record = _task_record_target(ckpt, out_dir)  # refused before any work when --out holds another model's
+    spec = parser.get_parsed_content("task_spec")
+    network, ckpt = load_network(parser, ckpt, torch.device("cpu"), name)
     if isinstance(network, torch.jit.ScriptModule):
         raise ValueError(f"{ckpt}: a TorchScript archive; export needs the bundle's state dict (models/model.pt)")
     model = optimize_for_inference(network)
@@ -344,8 +370,9 @@ def export_bundle(
         "class_names": list(spec.class_names),
         "bundle": name,
         "network": parser.get_parsed_content("network_name"),
-        "overrides": {k: v for k, v in overrides.items() if k != "dataset_dir"},
+        "overrides": {k: v for k, v in overrides.items() if k not in ("dataset_dir", "bundle_root")},  # not the model's
         "checkpoint": os.path.abspath(ckpt),
+        "task_record": None if task_record is None else os.path.basename(task_record[1]),
         "optimized": "onenet_med.networks.optimize_for_inference (BatchNorm folded)",
         "preprocessing": preprocessing_identity(spec, preprocessing),
         "torch": torch.__version__,
@@ -365,7 +392,7 @@ def export_bundle(
             record["check"] = _compare_with_torch(model, fp32, spec.in_channels)
             written = fp32
             if fmt == "onnx-int8":
-                slices, files = calibration_slices(parser, calibration_count)
+                slices, files, split_file = calibration_slices(parser, calibration_count)
                 written = os.path.join(tmp_dir, "int8.onnx")
                 kept = quantize_int8(fp32, written, slices, float_layers)
                 record["quantization"] = {
@@ -374,6 +401,7 @@ def export_bundle(
                     "calibration_slices": len(slices),
                     "float_layers": kept,
                     "calibration_dataset_dir": os.path.abspath(parser.get_parsed_content("dataset_dir")),
+                    "calibration_split": os.path.abspath(split_file) if os.path.isfile(split_file) else None,
                     "calibration_cases": files,
                     "argmax_agreement_with_fp32": _argmax_agreement(fp32, written, slices),
                     "fp32_bytes": os.path.getsize(fp32),
@@ -381,6 +409,8 @@ def export_bundle(
             _set_onnx_record(written, record)
             with atomic_path(path) as tmp:
                 os.replace(written, tmp)
+    if task_record is not None:
+        atomic_write_text(task_record[1], task_record[0])
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["bytes"] = os.path.getsize(path)
     atomic_write_text(path + ".json", json.dumps(record, indent=2) + "\n")
