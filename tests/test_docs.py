@@ -12,9 +12,9 @@ How a documented command is run (``plan``), in this order:
 2. General rules that append tiny settings (``TINY``): ``monai.bundle run`` (also under torchrun, or after
    ``cd DIR &&``) gets a 4-wide network at 32x32, one epoch of one iteration, no workers (``--resume true`` gets a
    second epoch to resume into); the ``monai.bundle`` verbs get the width the bundle was trained with;
-   ``onenet-med predict`` / ``compare`` / ``profile`` / ``data demo`` get their tiny options; other ``onenet-med``
-   commands (``data check``, ``bundle export``, ``bundle sync``), variable assignments, ``mkdir``, ``ls``, ``cat``
-   run as written.
+   ``onenet-med predict`` / ``compare`` / ``profile`` / ``data demo`` / ``export`` get their tiny options; other
+   ``onenet-med`` commands (``data check``, ``bundle export``, ``bundle sync``), variable assignments, ``mkdir``,
+   ``ls``, ``cat`` run as written.
 3. Anything else fails ``test_every_documented_command_has_a_plan`` (fast suite) naming the doc line: add a rule
    or an entry to ``DOC_COMMANDS``.
 
@@ -74,6 +74,7 @@ TINY_COMPARE = (
     "--set num_workers=0 --set val_interval=1 --set bn_refresh_batches=1 --set val_fraction=0.5"
 )
 TINY_PROFILE = "--size 32 --repeats 1 --warmup 0"
+TINY_CALIBRATION = 4  # int8 calibration slices of onenet-med export
 
 
 # ------------------------------------------------------------------------------------------- the exceptions table
@@ -219,7 +220,7 @@ DOC_COMMANDS: list[Entry] = [
         "scans/ is the user's own: tiny volumes stand in",
         setup=_scans("scans/la_101.nii.gz"),
         prepare=True,
-        docs="bundles/common/docs/usage.md",
+        docs="bundles/*",  # bundles/README.md and bundles/common/docs/usage.md
     ),
     Entry(
         r"\bnew_scans/",
@@ -292,6 +293,16 @@ DOC_COMMANDS: list[Entry] = [
         r"^python scripts/bench_loader\.py\b",
         "tiny benchmark",
         append="--volumes 2 --shape 64 64 8 --seconds 1 --workers 0 --train-steps 1",
+    ),
+    Entry(
+        r"^python scripts/bench_onnx\.py speed\b",
+        "tiny benchmark",
+        append="--width 4 --shape 1 3 32 32 --threads 1 --repeats 1 --warmup 0 --calibration-slices 2",
+    ),
+    Entry(
+        r"^python scripts/bench_onnx\.py dice\b",
+        "tiny benchmark (the tiny demo training above)",
+        append=f"--calibration-slices {TINY_CALIBRATION}",
     ),
 ]
 
@@ -463,6 +474,7 @@ GENERAL_RULES: list[tuple[str, str, Callable[[str], str]]] = [
     ("compare", r"^onenet-med compare\b", lambda _: TINY_COMPARE),
     ("profile", r"^onenet-med profile\b", lambda _: TINY_PROFILE),
     ("demo data", r"^onenet-med data demo\b", lambda _: "--step 4"),
+    ("export", r"^onenet-med export\b", lambda _: f"--calibration-slices {TINY_CALIBRATION}"),
     (
         "as written",
         r"^onenet-med (data check|bundle export|bundle sync|--help|--version)\b|^(mkdir|ls|cat|echo|test)\b",
