@@ -12,12 +12,16 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from onenet_med.switches import SwitchArgumentParser
+
 # modules that contribute sub-commands (each defines ``add_parser(subparsers)``)
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "onenet_med.data.cli",
     "onenet_med.profiling",
     "onenet_med.inference.cli",
+    "onenet_med.inference.export",
     "onenet_med.compare",
+    "onenet_med.bundle.cli",
 )
 
 
@@ -25,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every registered sub-command."""
     from onenet_med import __version__
 
-    parser = argparse.ArgumentParser(prog="onenet-med", description=__doc__.splitlines()[0])
+    # flags of every sub-command also take a switch value: --overwrite false, --no-progress=1
+    parser = SwitchArgumentParser(prog="onenet-med", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"onenet-med {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:

@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onenet_med.data.tasks import TaskSpec
+
 __all__ = [
     "CompareSettings",
     "Check",
@@ -56,7 +58,6 @@ __all__ = [
     "prediction_command",
     "profile_networks_for_report",
     "run_logged",
-    "write_report",
 ]
 
 #: networks whose constructor takes an int ``features`` (base width): OneNet variants and the U-Net baselines
@@ -74,7 +75,8 @@ class CompareSettings:
         output_dir: report folder (``report.md``, plots, ``runs/<network>/``, ``predictions/``, ``logs/``).
         dataset_dir: dataset folder (default: the bundle's ``dataset_dir``).
         width: base width for networks that have one (OneNet, U-Nets: ``features``; BasicUNet: its default
-            widths scaled by ``width / 32``); ``None`` keeps each network's default (64 for OneNet / U-Net).
+            widths scaled by ``width / 32``; SegResNet: ``init_filters``); ``None`` keeps each network's default
+            (64 for OneNet / U-Net, 8 for SegResNet).
         epochs: ``max_epochs`` (None: the bundle's).
         iterations_per_epoch: training iterations per epoch, drawing ``batch_size`` volumes with replacement for
             each (None: one pass over the training cases per epoch, the bundle's default).
@@ -161,7 +163,8 @@ def network_overrides(name: str, width: int | None) -> dict[str, Any]:
     """Bundle overrides that select network ``name`` at base width ``width`` (None: the network's default).
 
     OneNet and the U-Nets take ``features`` (base width); BasicUNet gets its default widths (32, 32, 64, 128, 256,
-    32) scaled by ``width / 32``; the ResNet U-Nets have no width setting and keep their size.
+    32) scaled by ``width / 32``; SegResNet takes ``init_filters`` (its first stage's width, default 8); the ResNet
+    U-Nets have no width setting and keep their size.
     """
     from onenet_med.networks import list_networks
 
@@ -174,6 +177,8 @@ def network_overrides(name: str, width: int | None) -> dict[str, Any]:
         out["network_def#features"] = int(width)
     elif name == "basicunet":
         out["network_def#features"] = tuple(max(1, round(f * width / 32)) for f in _BASICUNET_DEFAULT)
+    elif name == "segresnet":
+        out["network_def#init_filters"] = int(width)
     return out
 
 
@@ -213,13 +218,14 @@ def prediction_command(
     python: str | None = None,
 ) -> list[str]:
     """``onenet-med predict`` of ``inputs`` with the bundle trained under ``overrides`` (its ``bundle_root``'s
-    ``models/model.pt``) into ``output_dir``: one ``<case>_seg.nii.gz`` per input, in the input's geometry."""
+    ``models/model.pt``) into ``output_dir``: one ``<case>_seg.nii.gz`` per input, in the input's geometry.
+
+    No overrides are repeated: the task, network and sizes the model was trained with are saved beside it
+    (``models/task.json``)."""
     root = Path(overrides.get("bundle_root", bundle))
     cmd = [python or sys.executable, "-m", "onenet_med", "predict", "--bundle", os.fspath(bundle)]
     cmd += ["--checkpoint", str(root / "models" / "model.pt"), "--output", os.fspath(output_dir)]
     cmd += ["--overwrite", "--no-progress"]
-    for key, value in overrides.items():  # the same config as in training: network, width, sizes
-        cmd += ["--override", f"{key}={json.dumps(value)}"]
     return cmd + [os.fspath(p) for p in inputs]
 
 
@@ -306,7 +312,7 @@ def run_logged(
 
 def _bundle_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     """Task, val_fraction and seed as the bundle's train.json + metadata.json define them (literal values only)."""
-    from onenet_med.engine.workflow import bundle_task
+    from onenet_med.bundle.workflow import bundle_task
 
     config_dir = Path(bundle) / "configs"
     with open(config_dir / "metadata.json") as f:
@@ -321,21 +327,39 @@ def _bundle_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def held_out_items(settings: CompareSettings) -> tuple[str, list[dict], list[dict]]:
-    """(task, training items, held-out items) of the bundle's data under the compare overrides."""
-    from onenet_med.data import get_datalists
-    from onenet_med.engine.workflow import default_dataset_dir
+def compared_dataset_dir(settings: CompareSettings) -> str:
+    """The dataset folder of every run of the comparison: ``--dataset-dir``, else the bundle's default found from the
+    bundle's own folder (each run trains with its own ``bundle_root``, a run folder holding no data)."""
+    from onenet_med.bundle.workflow import default_dataset_dir
+
+    if settings.dataset_dir is not None:
+        return os.path.abspath(settings.dataset_dir)
+    task = settings.overrides.get("task", _bundle_defaults(settings.bundle)["task"])
+    return os.path.abspath(default_dataset_dir(task, Path(settings.bundle).resolve()))
+
+
+def held_out_items(
+    settings: CompareSettings, save_split: str | os.PathLike | None = None
+) -> tuple[TaskSpec, list[dict], list[dict]]:
+    """(task, training items, held-out items) of the bundle's data under the compare overrides, split as the bundle's
+    training splits it (or by the ``split_file`` override); with ``save_split`` the split is written there
+    (``datalist.json``), for every network to train and be evaluated on exactly these cases."""
+    from onenet_med.bundle.workflow import prepare_datalists, resolve_task
 
     d = _bundle_defaults(settings.bundle)
     task = settings.overrides.get("task", d["task"])
-    dataset_dir = settings.dataset_dir or default_dataset_dir(task)
-    lists = get_datalists(
-        task,
+    dataset_dir = compared_dataset_dir(settings)
+    spec = resolve_task(task, dataset_dir)
+    lists = prepare_datalists(
+        spec,
         dataset_dir,
         val_fraction=float(settings.overrides.get("val_fraction", d["val_fraction"])),
         seed=int(settings.overrides.get("seed", d["seed"])),
+        check="none",
+        split_file=settings.overrides.get("split_file"),
+        save_split=save_split,
     )
-    return task, lists["train"], lists["validation"]
+    return spec, lists["train"], lists["validation"]
 
 
 def budget_overrides(
@@ -362,15 +386,13 @@ def budget_overrides(
             raise ValueError(f"iterations_per_epoch must be >= 1, got {n}")
         over["epoch_length"] = n
         # every step a full batch: the short remainder of a pass is dropped (the loader reshuffles each restart)
-        over["train#dataloader#drop_last"] = "$len(@train#dataset) > @train#dataloader#batch_size"
+        over["drop_last"] = "$len(@train#dataset) > @train#dataloader#batch_size"
     return over
 
 
 def shared_overrides(settings: CompareSettings) -> dict[str, Any]:
     """The overrides every network gets (data and budget), before the per-network ones."""
-    over: dict[str, Any] = {}
-    if settings.dataset_dir is not None:
-        over["dataset_dir"] = os.path.abspath(settings.dataset_dir)
+    over: dict[str, Any] = {"dataset_dir": compared_dataset_dir(settings)}
     over.update(budget_overrides(settings.epochs, settings.iterations_per_epoch, settings.batch_size))
     over.update(settings.overrides)
     return over
@@ -401,7 +423,11 @@ def _write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def profile_networks_for_report(
-    task: str, networks: Sequence[str], width: int | None, slice_shape: Sequence[int], threads: int | None = None
+    task: str | TaskSpec,
+    networks: Sequence[str],
+    width: int | None,
+    slice_shape: Sequence[int],
+    threads: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Parameters, FLOPs and latency of one ``slice_shape`` (C, H, W) slice for each network as trained.
 
@@ -438,7 +464,7 @@ def profile_networks_for_report(
     return out
 
 
-def _slice_shape(task: str, item: Mapping[str, Any]) -> tuple[int, ...]:
+def _slice_shape(task: str | TaskSpec, item: Mapping[str, Any]) -> tuple[int, ...]:
     """(C, H, W) of one preprocessed slice of ``item`` (what the network sees)."""
     from onenet_med.data import get_transforms
 
@@ -453,7 +479,7 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         the ``results.json`` document (also written to ``<output_dir>/results.json``); ``results["ok"]`` is False
         when a check failed.
     """
-    from onenet_med.data import get_task
+    from onenet_med.report.compare import write_report
     from onenet_med.report.summary import machine_info
 
     if not settings.networks:
@@ -463,14 +489,15 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
     bundle = Path(settings.bundle).resolve()
     if not (bundle / "configs" / "train.json").is_file():
         raise FileNotFoundError(f"{bundle}: not a bundle folder (no configs/train.json)")
-    task, train_items, held_out = held_out_items(settings)
-    spec = get_task(task)
+    split_file = out / "datalist.json"
+    spec, train_items, held_out = held_out_items(settings, save_split=split_file)
+    task = spec.name
     if not held_out:
         raise ValueError(f"{task}: no held-out cases (val_fraction 0?); compare evaluates on the validation split")
     env = dict(os.environ)
     if settings.threads:
         env["OMP_NUM_THREADS"] = str(settings.threads)
-    common = shared_overrides(settings)
+    common = {**shared_overrides(settings), "split_file": str(split_file)}  # every run: the cases above
     predict_input = os.path.abspath(settings.predict_input or held_out[0]["image"])
     machine = machine_info()
     steps_path = out / "steps.json"
@@ -531,10 +558,10 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
     if hasattr(os, "getloadavg"):  # a busy machine explains slow timings
         results["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     if settings.profile:
-        slice_shape = _slice_shape(task, held_out[0])
+        slice_shape = _slice_shape(spec, held_out[0])
         results["profile_input"] = [1, *slice_shape]
         results["profile_threads"] = settings.threads
-        profiles = profile_networks_for_report(task, settings.networks, settings.width, slice_shape, settings.threads)
+        profiles = profile_networks_for_report(spec, settings.networks, settings.width, slice_shape, settings.threads)
         for name, prof in profiles.items():
             results["networks"][name]["profile"] = prof
     results["checks"] = []
@@ -583,200 +610,6 @@ def _network_results(
     return entry
 
 
-def _class_results(metrics: Mapping[str, Any], class_names: Sequence[str], metric: str) -> dict[str, float | None]:
-    values = {c: metrics.get("per_class", {}).get(c, {}).get(metric) for c in class_names}
-    values["mean"] = metrics.get(metric)
-    return values
-
-
-def _overlay_slices(truth, count: int = 4) -> list[int]:
-    """``count`` axial slices spread over the labelled extent of ``truth`` (H, W, D)."""
-    import numpy as np
-
-    z = np.flatnonzero(np.asarray(truth).reshape(-1, truth.shape[-1]).any(0))
-    if len(z) == 0:
-        z = np.arange(truth.shape[-1])
-    picks = np.linspace(z[0], z[-1], count + 2)[1:-1] if len(z) > count else z
-    return sorted({int(round(p)) for p in picks})
-
-
-def _canonical(path: str | os.PathLike):
-    import nibabel as nib
-    import numpy as np
-
-    img = nib.as_closest_canonical(nib.load(os.fspath(path)))
-    data = np.asanyarray(img.dataobj)
-    return (data[..., 0] if data.ndim == 4 else data), float(np.prod(img.header.get_zooms()[:3]))
-
-
-def write_report(
-    results: Mapping[str, Any],
-    output_dir: str | os.PathLike,
-    predict_input: str | None = None,
-    held_out: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, str]:
-    """Plots and ``report.md`` of a :func:`compare` result into ``output_dir``; returns name -> path of each file."""
-    from onenet_med.engine.atomic import atomic_write_text
-    from onenet_med.metrics import DEFINITIONS, format_table
-    from onenet_med.report.curves import RunCurves
-    from onenet_med.report.plots import plot_class_dice, plot_dice_curves, plot_loss_curves, plot_overlays
-    from onenet_med.report.summary import label_volumes_ml, markdown_table
-
-    out = Path(output_dir)
-    nets: Mapping[str, Any] = results["networks"]
-    class_names = list(results["class_names"])
-    fg = class_names[1:]
-    task = results["task"]
-    runs = {
-        n: RunCurves(
-            train_loss=[tuple(p) for p in e["curves"]["train_loss"]],
-            validation={k: [tuple(p) for p in v] for k, v in e["curves"]["validation"].items()},
-            epoch_length=e["training"]["epoch_length"],
-        )
-        for n, e in nets.items()
-    }
-    files = {
-        "loss_curves": plot_loss_curves(runs, out / "loss_curves.png"),
-        "dice_curves": plot_dice_curves(runs, fg, out / "dice_curves.png", metric="dice"),
-        "class_dice": plot_class_dice(
-            {n: _class_results(e["metrics"], fg, "dice") for n, e in nets.items()},
-            fg,
-            out / "class_dice.png",
-            title=f"Per-class Dice (per 2D slice) on the held-out {task} cases",
-        ),
-    }
-    if any("volume_dice" in e["metrics"] for e in nets.values()):
-        files["class_volume_dice"] = plot_class_dice(
-            {n: _class_results(e["metrics"], fg, "volume_dice") for n, e in nets.items()},
-            fg,
-            out / "class_volume_dice.png",
-            title=f"Per-class Dice (per 3D case) on the held-out {task} cases",
-        )
-    predictions = {n: e["prediction"] for n, e in nets.items() if e.get("prediction")}
-    volume_rows: list[list[Any]] = []
-    if predictions and predict_input:
-        image, _ = _canonical(predict_input)
-        same = [i for i in held_out if os.path.abspath(i["image"]) == os.path.abspath(predict_input)]
-        truth_path = same[0].get("label") if same else None
-        truth, voxel = _canonical(truth_path) if truth_path else (None, None)
-        preds = {}
-        for n, p in predictions.items():
-            preds[n], voxel_pred = _canonical(p)
-            volumes = label_volumes_ml(preds[n], voxel_pred, class_names)
-            volume_rows.append([f"{n} prediction", *volumes.values()])
-        if truth is not None:
-            volume_rows.insert(0, ["ground truth", *label_volumes_ml(truth, voxel, class_names).values()])
-        slices = _overlay_slices(truth if truth is not None else next(iter(preds.values())))
-        files["overlays"] = plot_overlays(
-            image,
-            truth,
-            preds,
-            slices,
-            class_names,
-            out / "overlays.png",
-            title=f"Prediction vs ground truth: {os.path.basename(predict_input)} (held-out), axial slices",
-        )
-
-    lines = [f"# Model comparison on `{task}` ({os.path.basename(results['bundle'])})", ""]
-    lines += [
-        f"Networks: {', '.join(nets)}. Trained on {len(results['train_cases'])} case(s) "
-        f"({', '.join(map(str, results['train_cases']))}), evaluated on the held-out case(s) "
-        f"{', '.join(map(str, results['held_out_cases']))} with the best checkpoint by validation Dice on those "
-        "same cases (no separate test split).",
-        "",
-    ]
-    if results.get("checks"):
-        lines += ["## Checks", ""]
-        for c in results["checks"]:
-            measured = "–" if c["measured"] is None else f"{c['measured']:.4f}"
-            lines.append(f"- {'PASS' if c['passed'] else 'FAIL'}: {c['check']} (measured {measured})")
-        lines.append("")
-    lines += ["## Table 1: metrics on the held-out cases (paper layout)", ""]
-    lines.append(format_table([{"model": n, "task": task, "results": e["metrics"]} for n, e in nets.items()]))
-    for metric, label in (("dice", "per 2D slice"), ("volume_dice", "per 3D case")):
-        if any(metric in e["metrics"] for e in nets.values()):
-            lines += [f"Per-class Dice ({label}):", ""]
-            rows = [[n, *_class_results(e["metrics"], fg, metric).values()] for n, e in nets.items()]
-            lines.append(markdown_table(["Method", *fg, "mean"], rows))
-    lines += ["## Table 2: size and speed", ""]
-    shape = results.get("profile_input")
-    rows = []
-    for n, e in nets.items():
-        prof, tr = e.get("profile", {}), e["training"]
-        rows.append(
-            [
-                n,
-                prof.get("params", 0) / 1e6 if prof else None,
-                prof.get("param_mb"),
-                prof.get("gflops"),
-                prof.get("latency_ms"),
-                prof.get("latency_plain_ms"),
-                tr["iterations"],
-                tr["s_per_iteration"],
-                e["seconds"].get("train"),
-                e["seconds"].get("evaluate"),
-            ]
-        )
-    lines.append(
-        markdown_table(
-            [
-                "Method",
-                "Params (M)",
-                "Param size (MB)",
-                f"GFLOPs / slice {tuple(shape) if shape else ''}",
-                "Latency / slice (ms)",
-                "Plain network (ms)",
-                "Train iterations",
-                "s / iteration",
-                "Train wall (s)",
-                "Evaluate wall (s)",
-            ],
-            rows,
-            digits=3,
-        )
-    )
-    lines += [
-        "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median "
-        f"no-grad forward pass of one slice (batch 1) on this machine ({results.get('profile_threads') or 'default'} "
-        "thread(s)) by the inference copy that prediction uses (onenet_med.networks.optimize_for_inference: "
-        "BatchNorm folded, oneDNN on CPU); plain network: the trained modules in eval mode, same rounds. "
-        "s / iteration: median training step from the "
-        "TensorBoard wall times (validation excluded). Wall times include process start-up, data loading, "
-        "validation and checkpoints. A shared machine makes every timing noisy; compare rows of the same run.",
-        "",
-        "## Plots",
-        "",
-    ]
-    for key, caption in (
-        ("loss_curves", "Loss per epoch"),
-        ("dice_curves", "Validation Dice per epoch"),
-        ("class_dice", "Per-class Dice (per slice)"),
-        ("class_volume_dice", "Per-class Dice (per 3D case)"),
-        ("overlays", "Prediction vs ground truth"),
-    ):
-        if key in files:
-            lines += [f"![{caption}]({os.path.basename(files[key])})", ""]
-    if predictions:
-        lines += ["## Slice-wise prediction", ""]
-        lines += [f"Input: `{predict_input}`", ""]
-        lines += [f"- {n}: `{os.path.relpath(p, out)}`" for n, p in predictions.items()]
-        lines.append("")
-        if volume_rows:
-            lines += ["Volumes (mL):", "", markdown_table(["", *class_names[1:]], volume_rows, digits=1)]
-    lines += ["## Exact commands", "", "```bash", *results.get("setup_commands", []), results["command"], "```", ""]
-    lines += ["Which ran, per network (train, evaluate, predict):", ""]
-    for n, e in nets.items():
-        lines += [f"`{n}`:", "", "```bash", *e["commands"].values(), "```", ""]
-    m = results["machine"]
-    lines += ["## Machine", ""]
-    lines += [f"- {k}: {v}" for k, v in m.items()]
-    lines += ["", f"Total wall time of the runs: {results['total_seconds']:.0f} s.", "", "## Definitions", ""]
-    lines += [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()]
-    files["report"] = str(out / "report.md")
-    atomic_write_text(files["report"], "\n".join(lines) + "\n")
-    return {k: str(v) for k, v in files.items()}
-
-
 def _parse_set(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set {text!r}: expected ID=VALUE")
@@ -799,7 +632,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--networks", nargs="+", required=True, help="registry names, e.g. onenet_ed4 unet4")
     p.add_argument("--out", required=True, help="report folder (report.md, plots, runs/, predictions/, logs/)")
     p.add_argument("--dataset-dir", default=None, help="dataset folder (default: the bundle's dataset_dir)")
-    p.add_argument("--width", type=int, default=None, help="base width of OneNet / U-Nets (default: 64)")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="base width of OneNet / U-Nets (default: 64), SegResNet's init_filters (default: 8)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="max_epochs (default: the bundle's)")
     p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch")
     p.add_argument("--batch-size", type=int, default=None, help="training batch in 2D slices")

@@ -49,7 +49,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from onenet_med.engine.switches import retain_freed_cpu_memory  # noqa: E402
+from onenet_med.engine.network_switches import retain_freed_cpu_memory  # noqa: E402
 from onenet_med.networks import get_network, list_networks, optimize_for_inference  # noqa: E402
 from onenet_med.profiling import (  # noqa: E402
     count_flops,

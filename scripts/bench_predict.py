@@ -10,7 +10,11 @@ the median batch-1 forward time of one slice (``slice_seconds``). Goals (issue 9
 slice_seconds) <= 1.3``; before it ``end_to_end / forward <= 1.5``.
 
 Network names: registry names, ``NAME+plain`` for the network as trained (``optimize=False``). The backend
-column is ``torch``; :data:`BACKENDS` maps a backend name to the function that builds its predictor.
+column is ``torch``; :data:`BACKENDS` maps a backend name to the function that builds its predictor:
+``--backends torch onnxruntime onnxruntime-int8`` also runs every network through ONNX Runtime
+(``Predictor(..., backend="onnxruntime")``: the same preprocessing, slicing and inversion), exported as
+``onenet-med export`` does (the inference copy; int8 calibrated on 16 N(0, 1) slices: the time does not depend
+on the calibration data); exporting is not timed.
 
 ``--batch-sweep`` instead times the reference network's forward passes per slice at batch 1, 2, 4, 8, 16 and
 32 (the CPU default of ``Predictor`` is the fastest).
@@ -45,7 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a source checkout without installing
     sys.path.insert(0, str(REPO))
 
-from onenet_med.inference import Predictor, load_bundle_config  # noqa: E402
+from onenet_med.bundle import load_bundle_config  # noqa: E402
+from onenet_med.inference import Predictor  # noqa: E402
 
 HEART_AFFINE = np.array([[-1.25, 0, 0, 200.0], [0, -1.25, 0, 180.0], [0, 0, 1.37, -90.0], [0, 0, 0, 1]])
 
@@ -82,9 +87,53 @@ def build_torch_predictor(network: str, batch_slices: int | None, device: str, b
     )
 
 
+_EXPORTS: tempfile.TemporaryDirectory | None = None  # ONNX files of this run, removed at exit
+
+
+def build_onnxruntime_predictor(
+    network: str, batch_slices: int | None, device: str, bundle: Path, int8: bool = False
+) -> Predictor:
+    """The network (fresh weights) exported as ``onenet-med export`` writes it (``optimize_for_inference``; int8:
+    static QDQ, first two convolutions float, calibrated on 16 random slices) and run by ONNX Runtime with the
+    torch thread count; ``NAME+plain`` exports the network as trained."""
+    from onenet_med.inference.export import export_onnx, quantize_int8
+    from onenet_med.networks import optimize_for_inference
+
+    global _EXPORTS
+    if _EXPORTS is None:
+        _EXPORTS = tempfile.TemporaryDirectory(prefix="bench_predict_onnx_")
+    name = network.removesuffix(PLAIN)
+    parser = load_bundle_config(bundle, {"network_name": name})
+    spec = parser.get_parsed_content("task_spec")
+    net = parser.get_parsed_content("network_def").eval()
+    net = net if network.endswith(PLAIN) else optimize_for_inference(net)
+    path = os.path.join(_EXPORTS.name, f"{network}.onnx")
+    export_onnx(net, path, spec.in_channels)
+    if int8:
+        rng = np.random.default_rng(0)
+        slices = [rng.standard_normal((1, spec.in_channels, 64, 64), dtype=np.float32) for _ in range(16)]
+        quantize_int8(path, path.replace(".onnx", "_int8.onnx"), slices)
+        path = path.replace(".onnx", "_int8.onnx")
+    predictor = Predictor(
+        path,
+        parser.get_parsed_content("preprocessing"),
+        spec,
+        device=device,
+        batch_slices=batch_slices,
+        name=f"{bundle.name}:{network}",
+        backend="onnxruntime",
+    )
+    predictor.exported_parameters = sum(p.numel() for p in net.parameters())  # the session has no torch parameters
+    return predictor
+
+
 #: backend name -> builder(network, batch_slices, device, bundle) of a predictor (with ``.network`` and
 #: ``.batch_slices`` for the forward-only timings)
-BACKENDS = {"torch": build_torch_predictor}
+BACKENDS = {
+    "torch": build_torch_predictor,
+    "onnxruntime": build_onnxruntime_predictor,
+    "onnxruntime-int8": lambda *args: build_onnxruntime_predictor(*args, int8=True),
+}
 
 
 def build_predictor(network: str, batch_slices: int | None, device: str, bundle: Path, backend: str = "torch"):
@@ -185,7 +234,8 @@ def run_threads(args: argparse.Namespace, image: str, tmp: str, threads: int) ->
             key = name if backend == "torch" else f"{name} ({backend})"
             entry: dict = {
                 "backend": backend,
-                "parameters": sum(p.numel() for p in predictor.network.parameters()),
+                "parameters": getattr(predictor, "exported_parameters", None)
+                or sum(p.numel() for p in predictor.network.parameters()),
                 "batch_slices": predictor.batch_slices,
             }
             if name == args.reference or args.forward_all:
@@ -264,7 +314,7 @@ def print_table(report: dict) -> None:
             continue
         head = ("params", 11), ("batch", 5), ("e2e s", 8), ("fwd s", 8), ("slice ms", 8), ("e2e/fwd", 8)
         head += ("e2e/(n*slice)", 13), ("vol/min", 8), ("e2e vs ref", 10)
-        print(f"{'network':20s} " + " ".join(f"{h:>{w}s}" for h, w in head))
+        print(f"{'network':29s} " + " ".join(f"{h:>{w}s}" for h, w in head))
         for name, e in part["networks"].items():
             has = "forward_seconds" in e
             cells = [
@@ -278,7 +328,7 @@ def print_table(report: dict) -> None:
                 f"{e['volumes_per_minute']:8.3f}",
                 f"{part.get('end_to_end_vs_reference', {}).get(name, float('nan')):10.2f}",
             ]
-            print(f"{name:20s} " + " ".join(cells))
+            print(f"{name:29s} " + " ".join(cells))
         ratio = part.get("end_to_end_over_slices")
         if ratio is not None:
             verdict = "meets" if ratio <= report["goal_end_to_end_over_slices"] else "MISSES"

@@ -25,3 +25,27 @@ def subprocess_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = ""
     return env
+
+
+@pytest.fixture(scope="session")
+def exported_heart(tmp_path_factory):
+    """A tiny heart checkpoint exported once per session as onnx, onnx-int8 and torchscript
+    (:func:`tests.inference_helpers.export_tiny_heart`); skipped without the ``onnx`` extra."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from tests.inference_helpers import export_tiny_heart
+
+    torch.set_num_threads(1)
+    return export_tiny_heart(tmp_path_factory.mktemp("exported_heart"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """After a run of tests/test_docs.py: every documented command and what happened to it (ran, skipped, why)."""
+    import sys
+
+    docs = sys.modules.get("test_docs") or sys.modules.get("tests.test_docs")  # rootdir-relative or package name
+    if docs is not None and docs.RESULTS:
+        terminalreporter.write_sep("-", f"documented commands ({len(docs.RESULTS)})")
+        for line in docs.listing():
+            terminalreporter.write_line(line)

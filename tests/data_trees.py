@@ -14,14 +14,29 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from onenet_med.data.tasks import get_task
+from onenet_med.data.tasks import TaskSpec, get_task
 
 # LPS-like affine (x and y flipped w.r.t. RAS): orientation to RAS must flip axes 0 and 1
 LPS_AFFINE = np.diag([-1.5, -1.25, 2.0, 1.0])
 LPS_AFFINE[:3, 3] = (30.0, 20.0, -10.0)
 
 
-def volume_arrays(spec_name: str, shape=(20, 24, 12), fg_slices=(3, 4), seed=0, box=None):
+#: An MSD-layout task that no registered task describes (for the generic ``onenet_msd`` bundle): 2 MRI channels and
+#: 3 classes with names of its own.
+CUSTOM_TASK = TaskSpec(
+    name="Task99_Custom",
+    kind="msd",
+    in_channels=2,
+    num_classes=3,
+    class_names=("background", "core", "rim"),
+    modality="mri",
+    channel_names=("T1", "T2"),
+    msd_task="Task99_Custom",
+    msd_name="Custom",
+)
+
+
+def volume_arrays(spec_name: str | TaskSpec, shape=(20, 24, 12), fg_slices=(3, 4), seed=0, box=None):
     """Synthetic (image, label) for a task: image (X, Y, Z) or (X, Y, Z, C) channels last like MSD files.
 
     MRI: positive values inside ``box`` (default: all but a 2-voxel rim) and exact zeros outside;
@@ -55,7 +70,7 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine=LPS_AFFINE) -> 
 
 def make_msd_task(
     root: str | os.PathLike,
-    spec_name: str = "heart",
+    spec_name: str | TaskSpec = "heart",
     n_train: int = 3,
     n_test: int = 1,
     shape=(20, 24, 12),

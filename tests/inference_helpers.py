@@ -130,3 +130,58 @@ def threshold_labels(volume: np.ndarray) -> np.ndarray:
     v = volume if volume.ndim == 3 else volume[..., 0]
     nz = v != 0
     return ((v > v[nz].mean()) & nz).astype(np.uint8)
+
+
+def fit_threshold(net: nn.Module, task: str, images, steps: int = 150) -> nn.Module:
+    """Train ``net`` briefly to label the voxels whose preprocessed first channel is > 0 (about half of those
+    inside the body) on every slice of ``images``: a trained network with confident and near-tie voxels, as
+    quantization meets in practice (a random network's logits are all near-ties). Returns ``net`` in eval mode
+    with BatchNorm statistics of these slices."""
+    from onenet_med.data import get_transforms
+
+    chain = get_transforms(task, "infer")
+    x = torch.cat([chain({"image": os.fspath(p)})["image"].as_tensor().permute(3, 0, 1, 2) for p in images])
+    target = (x[:, 0] > 0).long()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), target).backward()
+        optimizer.step()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        net(x)
+    return net.eval()
+
+
+def export_tiny_heart(root) -> dict:
+    """A tiny heart task (3 training volumes, odd sizes), a tiny checkpoint trained on it (:func:`fit_threshold`),
+    and its exports through ``onenet-med export`` (onnx, onnx-int8 with 16 calibration slices, torchscript) into
+    ``root/exported``.
+
+    Returns:
+        paths: ``task``, ``case`` (a volume to predict), ``checkpoint``, ``onnx``, ``onnx-int8``, ``torchscript``,
+        ``out``; and ``network`` (the checkpoint's module, eval mode).
+    """
+    from onenet_med.cli import main
+    from tests.data_trees import make_msd_task
+
+    root = Path(root)
+    task = make_msd_task(root, "heart", n_train=3, n_test=0, shape=(20, 24, 12))
+    case = save_nifti(root / "scans" / "case.nii.gz", make_volume((21, 19, 7), seed=3), OBLIQUE_LPS)
+    net = fit_threshold(tiny_network("heart"), "heart", sorted((task / "imagesTr").glob("*.nii.gz")))
+    ckpt = str(root / "model.pt")
+    torch.save(net.state_dict(), ckpt)
+    out = root / "exported"
+    paths: dict = {"task": task, "case": case, "checkpoint": ckpt, "network": net, "out": out}
+    for fmt in ("onnx", "onnx-int8", "torchscript"):
+        argv = ["export", "--bundle", str(BUNDLES / "onenet_heart"), "--checkpoint", ckpt, "--format", fmt]
+        argv += ["--out", str(out), "--dataset_dir", str(task), "--calibration-slices", "16"]
+        argv += ["--override", "network_def#features=4", "--override", f"bundle_root={root / 'bundle'}"]
+        if main(argv) != 0:
+            raise RuntimeError(f"onenet-med {' '.join(argv)} failed")
+        paths[fmt] = str(out / {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx", "torchscript": "model.ts"}[fmt])
+    return paths

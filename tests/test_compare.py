@@ -20,7 +20,6 @@ from onenet_med.compare import (
     parse_check,
     profile_networks_for_report,
     shared_overrides,
-    write_report,
 )
 from onenet_med.data import build_demo_dataset
 from onenet_med.networks import get_network
@@ -103,6 +102,7 @@ def test_check_passes(measured, check, passed):
         ("unet4", 8, {"network_name": "unet4", "network_def#features": 8}),
         ("mobilenet_unet4", 8, {"network_name": "mobilenet_unet4", "network_def#features": 8}),
         ("basicunet", 16, {"network_name": "basicunet", "network_def#features": (16, 16, 32, 64, 128, 16)}),
+        ("segresnet", 16, {"network_name": "segresnet", "network_def#init_filters": 16}),
         ("resnet34_unet", 16, {"network_name": "resnet34_unet"}),  # no width setting
         ("onenet_e4", None, {"network_name": "onenet_e4"}),
         ("onenet_ed4_ctx", 8, {"network_name": "onenet_ed4_ctx", "network_def#features": 8}),
@@ -146,11 +146,15 @@ def test_shared_overrides_budget():
     over = shared_overrides(s)
     assert over["max_epochs"] == 5 and over["batch_size"] == 2 and over["seed"] == 3
     assert over["epoch_length"] == 7 and "drop_last" in " ".join(over)
+    # no --dataset-dir: the bundle's default, found from the bundle's folder (each run's bundle_root holds no data)
+    assert over["dataset_dir"] == os.path.join(REPO_ROOT, "data", "Task00_MNI152Tissue")
+    given = shared_overrides(CompareSettings(BUNDLE, ["unet4"], "out", dataset_dir="elsewhere/data"))["dataset_dir"]
+    assert given == os.path.abspath("elsewhere/data")
     with pytest.raises(ValueError, match="iterations_per_epoch"):
         shared_overrides(CompareSettings(BUNDLE, ["unet4"], "out", iterations_per_epoch=0))
 
 
-def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data):
+def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data, tmp_path):
     """Through MONAI's ConfigParser on the demo bundle: epochs of N iterations of batches of 8 slices."""
     from monai.bundle import ConfigParser
 
@@ -158,7 +162,7 @@ def test_iterations_per_epoch_is_what_the_bundle_trains(demo_data):
     parser = ConfigParser()
     parser.read_config(os.path.join(BUNDLE, "configs", "train.json"))
     parser.read_meta(os.path.join(BUNDLE, "configs", "metadata.json"))
-    parser.update({**shared_overrides(s), "num_workers": 0, "data_check": "none"})
+    parser.update({**shared_overrides(s), "num_workers": 0, "data_check": "none", "bundle_root": str(tmp_path)})
     parser.update({"network_def#features": 4, "max_epochs": 2, "val_interval": 100, "progress": False})
     trainer = parser.get_parsed_content("train#trainer")
     sizes = []
@@ -192,68 +196,6 @@ def test_cli_command_round_trips_through_the_parser():
     assert args.checks == s.checks and args.iterations_per_epoch == 20
 
 
-def _results(tmp_path, prediction=None, truth=None):
-    entry = {
-        "metrics": METRICS,
-        "commands": {"train": "python -m monai.bundle run --x 1"},
-        "seconds": {"train": 12.0, "evaluate": 3.0},
-        "training": {"epochs": 2, "epoch_length": 3, "iterations": 6, "s_per_iteration": 0.5},
-        "curves": {
-            "train_loss": [[1, 1.0], [2, 0.5]],
-            "validation": {"ce": [[2, 0.4]], "dice": [[2, 0.9]], "dice_grey matter": [[2, 0.92]]},
-        },
-        "profile": {"params": 572676, "param_mb": 2.3, "gflops": 1.25, "latency_ms": 40.0, "latency_plain_ms": 55.0},
-    }
-    if prediction:
-        entry["prediction"] = str(prediction)
-    return {
-        "bundle": BUNDLE,
-        "task": "demo",
-        "class_names": NAMES,
-        "train_cases": ["mni_000", "mni_001"],
-        "held_out_cases": ["mni_002"],
-        "command": "onenet-med compare --bundle b",
-        "setup_commands": ["onenet-med data demo --out d"],
-        "machine": {"cpu": "test cpu", "usable_cores": 2},
-        "total_seconds": 20.0,
-        "profile_input": [1, 1, 32, 32],
-        "checks": [
-            {"check": "onenet_ed4: dice >= 0.85", "measured": 0.9, "passed": True},
-            {"check": "onenet_ed4: dice_white matter >= 0.99", "measured": 0.95, "passed": False},
-        ],
-        "networks": {"onenet_ed4": entry, "unet4": {**entry, "metrics": {**METRICS, "dice": 0.5}}},
-    }
-
-
-def test_write_report_tables_checks_volumes_and_plots(tmp_path):
-    affine = np.diag([2.0, 2.0, 2.5, 1.0])  # 10 mm^3 voxels
-    truth = np.zeros((10, 12, 6), np.uint8)
-    truth[2:8, 2:10, 1:5] = 2  # 192 grey-matter voxels = 1.92 mL
-    truth[4:6, 4:6, 2:4] = 3  # 8 of them white matter: 1.84 mL grey, 0.08 mL white
-    pred = truth.copy()
-    pred[2:8, 2:10, 1] = 1  # 48 voxels become CSF: 0.48 mL
-    image = (truth * 50).astype(np.float32)
-    for name, arr in (("img", image), ("lab", truth), ("img_seg", pred)):
-        nib.save(nib.Nifti1Image(arr, affine), tmp_path / f"{name}.nii.gz")
-    img, lab, seg = (str(tmp_path / f"{n}.nii.gz") for n in ("img", "lab", "img_seg"))
-    files = write_report(_results(tmp_path, prediction=seg), tmp_path / "rep", img, [{"image": img, "label": lab}])
-    for key in ("loss_curves", "dice_curves", "class_dice", "class_volume_dice", "overlays", "report"):
-        assert os.path.getsize(files[key]) > 1000, key
-    text = open(files["report"]).read()
-    assert "| onenet_ed4 | 0.3000 | 1.0000 | 0.8000 | 0.9000 | 0.9100 |" in text  # Table 1: CE mAP mIoU DSC DSC3D
-    assert "| unet4 | 0.3000 | 1.0000 | 0.8000 | 0.5000 | 0.9100 |" in text
-    assert "| onenet_ed4 | 0.8000 | 0.9200 | 0.9500 | 0.9000 |" in text  # per class per slice + mean
-    assert "| onenet_ed4 | 0.8200 | 0.9300 | – | 0.9100 |" in text  # per 3D case, white matter undefined
-    assert "| onenet_ed4 | 0.573 | 2.300 | 1.250 | 40.000 | 55.000 | 6 | 0.500 | 12.000 | 3.000 |" in text  # Table 2
-    assert "- PASS: onenet_ed4: dice >= 0.85 (measured 0.9000)" in text
-    assert "- FAIL: onenet_ed4: dice_white matter >= 0.99 (measured 0.9500)" in text
-    assert "| ground truth | 0.0 | 1.8 | 0.1 |" in text  # mL: CSF 0, grey 1.84, white 0.08
-    assert "| onenet_ed4 prediction | 0.5 | 1.4 | 0.1 |" in text  # grey 1.84 - 0.48 = 1.36
-    assert "onenet-med data demo --out d\nonenet-med compare --bundle b" in text
-    assert "python -m monai.bundle run --x 1" in text and "- cpu: test cpu" in text
-    assert "![Prediction vs ground truth](overlays.png)" in text
-
-
 def test_profile_for_report_times_the_inference_copy_and_the_plain_network():
     profile = profile_networks_for_report("demo", ["onenet_ed4", "basicunet"], 4, (1, 32, 24), threads=1)
     assert set(profile) == {"onenet_ed4", "basicunet"}
@@ -280,6 +222,10 @@ def test_compare_end_to_end_on_tiny_demo_data(tmp_path, demo_data, subprocess_en
     results = json.loads((out / "results.json").read_text())
     net = results["networks"]["onenet_ed4"]
     assert results["held_out_cases"] == ["mni_002"] and not results["ok"]
+    split = json.loads((out / "datalist.json").read_text())  # the split every run trained and was evaluated on
+    assert split["validation"] == ["mni_002"] and split["train"] == results["train_cases"]
+    saved = json.loads((out / "runs" / "onenet_ed4" / "output" / "datalist.json").read_text())
+    assert (saved["train"], saved["validation"]) == (split["train"], split["validation"])
     assert 0.0 <= net["metrics"]["dice"] <= 1.0 and net["metrics"]["num_cases"] == 1
     assert net["training"]["iterations"] == 4 and net["training"]["epoch_length"] == 2
     assert [e for e, _ in net["curves"]["train_loss"]] == [1, 2]

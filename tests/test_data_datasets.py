@@ -6,7 +6,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from onenet_med.data import get_datalists, get_dataset, get_transforms
-from onenet_med.data.datasets import MmapPersistentDataset
+from onenet_med.data.datasets import MmapPersistentDataset, cache_mode
 from tests.data_trees import make_msd_task
 
 
@@ -98,3 +98,18 @@ def test_bad_cache_arguments(lists):
         get_dataset(lists["train"], t, cache="ram")
     with pytest.raises(ValueError, match="needs a cache_dir"):
         get_dataset(lists["train"], t, cache="disk")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("memory", "memory"), ("disk", "disk"), ("none", "none"), ("false", "none"), ("False", "none"), (0, "none"),
+     ("0", "none"), (False, "none"), ("true", "disk"), ("True", "disk"), (1, "disk"), ("1", "disk"), (True, "disk")],
+)  # fmt: skip
+def test_cache_mode_takes_modes_and_switch_values(value, expected):
+    assert cache_mode(value, default="disk") == expected
+
+
+@pytest.mark.parametrize("value", ["yes", "Memory", "", None, 2])
+def test_cache_mode_rejects_other_values(value):
+    with pytest.raises(ValueError, match=r"cache takes one of memory, disk, none or a switch value .* got"):
+        cache_mode(value, default="memory")

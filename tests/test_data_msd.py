@@ -3,13 +3,20 @@ import json
 import os
 import tarfile
 
+import numpy as np
 import pytest
 from monai.apps import DecathlonDataset
 
 from onenet_med.cli import main
 from onenet_med.data import download_msd, get_datalists, split_cases
-from onenet_med.data.msd import case_id_from_path, find_msd_task_dir, spec_from_dataset_json
-from tests.data_trees import make_msd_task
+from onenet_med.data.msd import (
+    case_id_from_path,
+    common_slice_size,
+    find_msd_task_dir,
+    ras_slice_size,
+    spec_from_dataset_json,
+)
+from tests.data_trees import CUSTOM_TASK, make_msd_task, save_nifti
 
 
 @pytest.fixture
@@ -92,6 +99,45 @@ def test_find_task_dir_and_generic_spec(tmp_path):
     (renamed / "dataset.json").write_text(json.dumps(meta))
     spec = spec_from_dataset_json(renamed)
     assert (spec.name, spec.in_channels, spec.num_classes, spec.modality) == ("MyTask", 1, 3, "ct")
+
+
+def test_generic_spec_of_an_unregistered_task(tmp_path):
+    task = make_msd_task(tmp_path, CUSTOM_TASK, n_train=1, n_test=0, shape=(6, 6, 3))
+    spec = spec_from_dataset_json(task)
+    assert (spec.name, spec.in_channels, spec.channel_names) == ("Task99_Custom", 2, ("T1", "T2"))
+    assert (spec.num_classes, spec.class_names, spec.modality) == (3, ("background", "core", "rim"), "mri")
+    assert spec.spatial_size is None and spec.divisible_k == 32  # native size, padded to a multiple of 32
+
+
+@pytest.mark.parametrize(
+    "key,entries,message",
+    [
+        ("labels", {"0": "background", "2": "a"}, r"'labels' keys must be 0\.\.1"),
+        ("labels", {"1": "a", "2": "b"}, r"'labels' keys must be 0\.\.1"),
+        ("labels", {"0": "background", "x": "a"}, r"'labels' keys must be 0\.\.1"),
+        ("labels", {"0": "background"}, r"'labels' lists 1 class"),
+        ("modality", {"0": "T1", "3": "T2"}, r"'modality' keys must be 0\.\.1"),
+        ("modality", ["T1"], r"'modality' must map"),
+    ],
+)
+def test_generic_spec_rejects_bad_numbering(tmp_path, key, entries, message):
+    task = make_msd_task(tmp_path, CUSTOM_TASK, n_train=1, n_test=0, shape=(6, 6, 3))
+    meta = json.loads((task / "dataset.json").read_text())
+    meta[key] = entries
+    (task / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message) as error:
+        spec_from_dataset_json(task)
+    assert str(task / "dataset.json") in str(error.value)
+
+
+def test_ras_slice_size_and_common_size(tmp_path):
+    # the file's first axis is superior-inferior: after RAS orientation the axial slice is (axis 1, axis 2)
+    permuted = np.array([[0.0, 1.0, 0, 0], [0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    a = save_nifti(tmp_path / "a.nii.gz", np.zeros((5, 20, 30), np.float32), permuted)
+    b = save_nifti(tmp_path / "b.nii.gz", np.zeros((24, 18, 7, 2), np.float32), np.eye(4))  # channels last
+    assert ras_slice_size(a) == (20, 30) and ras_slice_size(b) == (24, 18)
+    assert common_slice_size([{"image": a}, {"image": [b]}]) == (24, 30)
+    assert common_slice_size([{"image": a}, {"image": a}]) is None  # one size: nothing to pad
 
 
 def _tarball(tmp_path, spec_name="heart"):

@@ -13,11 +13,12 @@ EXPECTED = [  # name, kind, in_channels, num_classes, modality, msd_task
     ("pets", "pets", 3, 3, "rgb", None),
     ("petf", "pets", 3, 38, "rgb", None),
     ("demo", "demo", 1, 4, "mri", "Task00_MNI152Tissue"),
+    ("msd", "msd", 1, 2, "mri", None),  # generic: placeholders until a dataset.json or a trained model says more
 ]
 
 
 def test_registry_names():
-    assert list_tasks() == ["heart", "brain", "lung", "demo", "voc", "pets", "petf"]
+    assert list_tasks() == ["heart", "brain", "lung", "demo", "msd", "voc", "pets", "petf"]
     assert IGNORE_INDEX == 255
 
 
@@ -70,3 +71,18 @@ def test_cli_and_registry_do_not_import_monai(subprocess_env):
     res = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_spec_json_round_trip(name):
+    import json
+
+    spec = get_task(name)
+    text = json.dumps(spec.to_dict())  # what a trained model saves beside its checkpoint
+    assert TaskSpec.from_dict(json.loads(text)) == spec
+
+
+def test_spec_from_dict_rejects_unknown_fields():
+    data = {**get_task("heart").to_dict(), "colour": "red"}
+    with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
+        TaskSpec.from_dict(data)

@@ -226,6 +226,26 @@ def test_resume_errors(tmp_path):
         set_determinism(seed=None)
 
 
+@pytest.mark.parametrize(
+    "enabled, attached", [("false", False), ("False", False), (0, False), ("0", False), ("true", True), (1, True)]
+)
+def test_resumer_enabled_is_a_switch(tmp_path, enabled, attached):
+    """``enabled="false"`` (a command-line value) must not resume; ``bool("false")`` would."""
+    engine = Engine(lambda e, b: None)
+    CheckpointResumer(tmp_path, {"model": torch.nn.Linear(1, 1)}, enabled=enabled).attach(engine)
+    if attached:  # no latest.pt in the folder: resuming must fail
+        with pytest.raises(FileNotFoundError, match="cannot resume"):
+            engine.run([0], max_epochs=1)
+    else:
+        engine.run([0], max_epochs=1)
+        assert engine.state.iteration == 1
+
+
+def test_resumer_rejects_other_values(tmp_path):
+    with pytest.raises(ValueError, match="switch 'enabled'.*got 'yes'"):
+        CheckpointResumer(tmp_path, {}, enabled="yes")
+
+
 def bundle_config(ckpt_dir, max_epochs: int, resume: bool) -> dict:
     """A train.json-like config wiring every factory and handler of the engine and metrics packages."""
     return {
@@ -334,3 +354,32 @@ def test_bundle_config_wiring(tmp_path):
     trainer.run()
     assert executed == [3, 4] and trainer.state.epoch == 2
     assert load_checkpoint(tmp_path / "latest.pt")["trainer"]["iteration"] == 4
+
+
+def test_bundle_checkpoint_loader_names_the_file(tmp_path):
+    """Weights of another network fail naming the file and what does not fit; fitting weights load."""
+    from onenet_med.engine import BundleCheckpointLoader, describe_state_mismatch
+
+    ours, other = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 2, 1)), nn.Sequential(nn.Conv2d(1, 4, 3))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    torch.save(ours.state_dict(), tmp_path / "ours.pt")
+    assert describe_state_mismatch(ours, other.state_dict()) == (
+        "2 missing keys (first: 1.weight), 1 shape mismatch (first: 0.weight: checkpoint (4, 1, 3, 3), "
+        "network (4, 1, 1, 1))"
+    )
+    assert describe_state_mismatch(ours, ours.state_dict()) == ""
+    engine = Engine(lambda e, b: None)
+    with pytest.raises(ValueError, match=rf"checkpoint {tmp_path / 'other.pt'} does not fit the network Sequential"):
+        BundleCheckpointLoader(str(tmp_path / "other.pt"), {"model": ours})(engine)
+    record = tmp_path / "task.json"
+    with pytest.raises(ValueError, match=rf"no {record} beside it records them"):  # where the settings would be
+        BundleCheckpointLoader(str(tmp_path / "other.pt"), {"model": ours})(engine)
+    record.write_text("{}")
+    with pytest.raises(ValueError) as error:
+        BundleCheckpointLoader(str(tmp_path / "other.pt"), {"model": ours})(engine)
+    assert "task.json" not in str(error.value)
+    with pytest.raises(FileNotFoundError, match=rf"checkpoint {tmp_path / 'none.pt'} does not exist"):
+        BundleCheckpointLoader(str(tmp_path / "none.pt"), {"model": ours})(engine)
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 2, 1))
+    BundleCheckpointLoader(str(tmp_path / "ours.pt"), {"model": fresh})(engine)
+    torch.testing.assert_close(fresh.state_dict(), torch.load(tmp_path / "ours.pt", weights_only=True))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 _SPEC = importlib.util.spec_from_file_location(
     "bench_predict", Path(__file__).parents[1] / "scripts" / "bench_predict.py"
@@ -58,3 +59,17 @@ def test_defaults_threads_plain_and_batch_sweep(tmp_path, capsys):
     assert list(times) == ["1", "2", "4", "8", "16", "32"] and all(t > 0 for t in times.values())
     assert sweep["fastest_batch"] == int(min(times, key=times.get))
     assert "fastest batch" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_onnxruntime_backends(tmp_path):
+    pytest.importorskip("onnxruntime")
+    report = bench.main(["--size", "32", "--slices", "3", "--networks", "onenet_ed4", "--threads", "1",
+                         "--backends", "torch", "onnxruntime", "onnxruntime-int8"])  # fmt: skip
+    rows = report["networks"]
+    assert list(rows) == ["onenet_ed4", "onenet_ed4 (onnxruntime)", "onenet_ed4 (onnxruntime-int8)"]
+    assert [r["backend"] for r in rows.values()] == ["torch", "onnxruntime", "onnxruntime-int8"]
+    assert len({r["parameters"] for r in rows.values()}) == 1  # the same inference copy, exported
+    for row in rows.values():
+        assert row["slices"] == 3 and row["volumes_per_minute"] == 60 / row["end_to_end_seconds"]
+        assert "forward_seconds" in row  # the reference network: forward times for every backend

@@ -145,7 +145,7 @@ def test_usage_errors(tmp_path, cases, capsys):
     [
         ([], {"batch_slices": 1, "optimize": True, "amp": False, "channels_last": False, "compile": False}),
         (
-            ["--no-optimize", "--channels-last", "--no-amp", "--batch-slices", "3"],
+            ["--no-optimize", "--channels-last", "--amp", "false", "--batch-slices", "3"],
             {"batch_slices": 3, "optimize": False, "amp": False, "channels_last": True, "compile": False},
         ),
         (["--amp", "--override", "optimize=false"], {"optimize": False, "amp": True}),

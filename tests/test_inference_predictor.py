@@ -13,12 +13,12 @@ import torch
 from monai.data import MetaTensor
 from torch import nn
 
+from onenet_med.bundle import load_bundle_config, output_name
 from onenet_med.data import get_task
-from onenet_med.inference import Predictor, expand_inputs, load_bundle_config, output_name
+from onenet_med.inference import Predictor
 from onenet_med.inference.predictor import CPU_BATCH_SLICES, argmax_channels
 from onenet_med.networks import get_network
 from onenet_med.networks.optimize import FastConv2d
-from tests.data_trees import make_msd_task
 from tests.inference_helpers import (
     BUNDLES,
     OBLIQUE_LPS,
@@ -166,7 +166,7 @@ def test_brain_four_channels_and_wrong_channel_counts(tmp_path):
 def test_torchscript_model_ts_equals_state_dict(tmp_path, heart_case):
     image, _ = heart_case
     bundle = tmp_path / "onenet_heart"
-    shutil.copytree(BUNDLES / "onenet_heart", bundle)  # symlinked shared configs are copied as files
+    shutil.copytree(BUNDLES / "onenet_heart", bundle)  # a copy of the bundle: outputs and lookups stay in it
     save_checkpoint(bundle / "models" / "model.ts", "heart", spread_on=image, torchscript=True)
     scripted = Predictor.from_bundle(bundle, device="cpu")  # no model.pt: models/model.ts is picked
     assert isinstance(scripted.network, torch.jit.ScriptModule)
@@ -281,31 +281,6 @@ def test_argmax_channels_equals_torch_argmax(shape):
     assert argmax_channels(x).dtype == torch.uint8
 
 
-def test_expand_inputs_and_output_names(tmp_path):
-    task = make_msd_task(tmp_path / "msd", "heart", n_train=1, n_test=2)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    for name in ["b.nii.gz", "a.nii", "c.mha", "d.nrrd", ".a_seg.nii.gz.partial.nii.gz", "notes.txt", "e.json"]:
-        (folder / name).write_bytes(b"x")
-    files = expand_inputs([folder, task / "dataset.json", tmp_path / "single.nii.gz"])
-    assert files == [
-        str(folder / "a.nii"),
-        str(folder / "b.nii.gz"),
-        str(folder / "c.mha"),
-        str(folder / "d.nrrd"),
-        str(task / "imagesTs" / "case_001.nii.gz"),
-        str(task / "imagesTs" / "case_002.nii.gz"),
-        str(tmp_path / "single.nii.gz"),
-    ]
-    (tmp_path / "other.json").write_text(json.dumps({"training": []}))
-    with pytest.raises(ValueError, match="not an MSD dataset.json with a 'test' list"):
-        expand_inputs(tmp_path / "other.json")
-    assert [output_name(f) for f in files[:4]] == ["a_seg.nii", "b_seg.nii.gz", "c_seg.mha", "d_seg.nrrd"]
-    assert output_name("x/scan.v2.mhd") == "scan.v2_seg.mha"
-    assert output_name("scan.nii.gz", "prob") == "scan_prob.nii.gz"
-    assert output_name("scan.nii.gz", "seg", ".json") == "scan_seg.json"
-
-
 def test_simpleitk_reader_registered_once():
     from onenet_med.inference import SimpleITKReader
 
@@ -359,7 +334,7 @@ def test_predictor_runs_the_inference_copy(tmp_path, heart_case):
 
 
 def test_predictor_on_cpu_retains_freed_memory(monkeypatch):
-    import onenet_med.engine.switches as switches
+    import onenet_med.engine.network_switches as switches
 
     calls = []
     monkeypatch.setattr(switches, "retain_freed_cpu_memory", lambda: calls.append(1) or True)

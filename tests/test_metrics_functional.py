@@ -10,9 +10,11 @@ import torch
 
 from onenet_med.metrics.functional import (
     average_precision,
+    check_logits,
     class_keys,
     confusion_counts,
     segmentation_metrics,
+    slice_statistics,
     to_slices,
     volume_dice,
 )
@@ -257,3 +259,98 @@ def test_matches_brute_force_on_random_cases(seed):
     reference = brute_force(logits, label, k)
     for key in ("dice", "miou", "map50"):
         assert_close(ours[key], reference[key], tol=1e-9)
+
+
+# ------------------------------------------------------------------------------------- CE precision, logit checks
+
+
+def confident_logits(scale: float, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits (n, k, 1, 1) of one pixel per item, the pixel's class ahead by about ``2 * scale``: the
+    per-pixel CE is about ``(k - 1) * exp(-2 * scale)`` (0.3 at scale 1, 1e-26 at scale 30)."""
+    gen = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, k, (n,), generator=gen)
+    z = -1.0 + 0.3 * torch.randn(n, k, generator=gen)
+    z[torch.arange(n), label] = 1.0 + 0.1 * torch.rand(n, generator=gen)
+    return (scale * z).float().view(n, k, 1, 1), label.view(n, 1, 1, 1)
+
+
+def mp_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> list[tuple[float, float]]:
+    """(CE, softmax probability of the argmax) per item, in 50-digit arithmetic from the exact float32 values."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    out = []
+    for row, y in zip(logits[:, :, 0, 0].double().tolist(), label.view(-1).tolist()):
+        values = [mpmath.mpf(v) for v in row]
+        log_z = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in values))
+        out.append((float(log_z - values[y]), float(mpmath.exp(max(values) - log_z))))
+    return out
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 5, 8, 10, 15, 20, 25, 30])
+@pytest.mark.parametrize("labels", ["argmax", "shuffled"])
+def test_ce_within_1e_6_of_a_float64_reference(scale, labels):
+    """Per pixel and over the dataset, CE and the detection score agree with 50-digit arithmetic to 1e-6 (relative)
+    at every logit scale; the float32 ``logsumexp - logit`` was 6% off at CE 1.7e-6 and read 0 below ~1e-8."""
+    k, n = 3, 48
+    logits, label = confident_logits(scale, n, k, seed=scale)
+    if labels == "shuffled":  # a third of the pixels labelled with another class: large, non-cancelling CE
+        label = label.clone()
+        label[::3] = (label[::3] + 1) % k
+    reference = mp_cross_entropy(logits, label)
+    stats = slice_statistics(logits, label, background_weight=0.25)
+    weights = torch.tensor([0.25, 1.0, 1.0], dtype=torch.float64)[label.view(-1)]
+    ce = stats["ce_sum"] / weights  # one pixel per item
+    for i, (expected_ce, expected_prob) in enumerate(reference):
+        assert expected_ce > 0
+        assert float(ce[i]) == pytest.approx(expected_ce, rel=1e-6, abs=0), (i, expected_ce)
+        pred = int(logits[i, :, 0, 0].argmax())
+        if pred > 0:
+            assert float(stats["scores"][i, pred - 1]) == pytest.approx(expected_prob, rel=1e-6), i
+    expected_mean = sum(w * c for w, (c, _) in zip(weights.tolist(), reference)) / float(weights.sum())
+    images = logits.view(1, n, k).permute(0, 2, 1).reshape(1, k, n, 1)  # the same pixels as one image
+    ce_mean = segmentation_metrics(images, label.view(1, 1, n, 1), background_weight=0.25)["ce"]
+    assert ce_mean == pytest.approx(expected_mean, rel=1e-6, abs=0)
+
+
+def test_ce_of_a_confident_pixel_is_not_zero():
+    """The issue's example: CE 1.7e-6 (was 6% off) and 5e-13 (read as 0)."""
+    for gap in (13.285, 28.324):  # log(2 / 1.7e-6), log(1 / 5e-13)
+        logits = torch.tensor([gap, 0.0, 0.0]).view(1, 3, 1, 1)
+        expected = math.log1p(2 * math.exp(-gap))
+        ce = segmentation_metrics(logits, torch.zeros(1, 1, 1, 1, dtype=torch.long), background_weight=1.0)["ce"]
+        assert ce == pytest.approx(expected, rel=1e-9)
+
+
+def softmax_of(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=1)
+
+
+def one_hot_of(logits: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).movedim(-1, 1).float()
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [(softmax_of, "probabilities"), (one_hot_of, "a one-hot map")],
+)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 6, 6, 4)])
+def test_probabilities_and_one_hot_maps_are_refused(make, kind, shape):
+    logits = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3
+    label = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]))
+    segmentation_metrics(logits, label)  # raw logits: fine
+    with pytest.raises(ValueError, match=f"expect raw logits .* but got {kind}"):
+        segmentation_metrics(make(logits), label)
+    with pytest.raises(ValueError, match="raw logits"):
+        slice_statistics(make(logits).half(), label)
+
+
+def test_logit_like_inputs_in_the_unit_interval_are_accepted():
+    """Values in [0, 1] whose channels do not sum to 1, or sum to 1 only at some pixels, are logits."""
+    gen = torch.Generator().manual_seed(1)
+    check_logits(torch.rand(2, 3, 5, 5, generator=gen))
+    almost = torch.softmax(torch.randn(2, 3, 5, 5, generator=gen), 1)
+    almost[0, :, 0, 0] = torch.tensor([0.5, 0.4, 0.05])
+    check_logits(almost)
+    check_logits(torch.zeros(1, 2, 4, 4))  # an untrained zero head
+    check_logits(torch.ones(1, 1, 4, 4))  # one channel: nothing to tell

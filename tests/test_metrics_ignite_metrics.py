@@ -172,3 +172,13 @@ def test_ddp_gathers_all_ranks():
     """Two gloo processes with different shares of the data compute the metrics of the whole data set."""
     with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
         parallel.run(_ddp_worker, 3)
+
+
+def test_probabilities_refused_by_the_ignite_metric():
+    """An evaluator whose postprocessing applied softmax (or one-hot) fails at the first batch, saying so."""
+    logits, label = random_batch(3, 2, 3, (6, 6))
+    metric = SegmentationMetrics(num_classes=3)
+    metric.reset()
+    metric.update((logits, label))  # logits: accepted
+    with pytest.raises(ValueError, match="expect raw logits .* but got probabilities"):
+        metric.update((torch.softmax(logits, 1), label))

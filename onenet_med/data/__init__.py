@@ -15,7 +15,7 @@ Only the task registry is imported eagerly; the rest loads on first use (importi
 from __future__ import annotations
 
 from onenet_med._lazy import lazy_attributes
-from onenet_med.data.tasks import IGNORE_INDEX, TaskSpec, get_task, list_tasks
+from onenet_med.data.tasks import GENERIC_MSD, IGNORE_INDEX, TaskSpec, get_task, list_tasks
 
 _LAZY = {
     "CheckReport": "check",
@@ -26,6 +26,7 @@ _LAZY = {
     "detect_layout": "check",
     "validate_datalist": "check",
     "CACHE_MODES": "datasets",
+    "cache_mode": "datasets",
     "get_datalists": "datasets",
     "get_dataset": "datasets",
     "build_demo_dataset": "demo",
@@ -39,7 +40,7 @@ _LAZY = {
     "get_transforms": "transforms",
 }
 
-__all__ = ["IGNORE_INDEX", "TaskSpec", "get_task", "list_tasks", *sorted(_LAZY)]
+__all__ = ["GENERIC_MSD", "IGNORE_INDEX", "TaskSpec", "get_task", "list_tasks", *sorted(_LAZY)]
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -13,10 +13,31 @@ from monai.data.utils import pickle_hashing
 from onenet_med.data.msd import msd_datalists
 from onenet_med.data.natural import pets_datalists, voc_datalists
 from onenet_med.data.tasks import TaskSpec, get_task
+from onenet_med.switches import SwitchError, switch
 
-__all__ = ["CACHE_MODES", "MmapPersistentDataset", "get_datalists", "get_dataset"]
+__all__ = ["CACHE_MODES", "MmapPersistentDataset", "cache_mode", "get_datalists", "get_dataset"]
 
 CACHE_MODES = ("memory", "disk", "none")
+
+
+def cache_mode(value: str | bool | int, default: str) -> str:
+    """The cache mode meant by the bundle setting ``cache``: a mode of :data:`CACHE_MODES`, or a switch
+    (``false``/``0`` = ``"none"``, ``true``/``1`` = ``default``, the task's mode), spelled as
+    :func:`onenet_med.switch` accepts it.
+
+    Raises:
+        ValueError: neither a mode nor a switch value (the message names ``cache``).
+    """
+    if isinstance(value, str) and value in CACHE_MODES:
+        return value
+    try:
+        on = switch(value, "cache")
+    except SwitchError:
+        raise ValueError(
+            f"cache takes one of {', '.join(CACHE_MODES)} or a switch value (true, false, True, False, 1, 0); "
+            f"got {value!r}"
+        ) from None
+    return default if on else "none"
 
 
 def get_datalists(

@@ -19,11 +19,13 @@ from onenet_med.data.tasks import TaskSpec, get_task
 
 __all__ = [
     "case_id_from_path",
+    "common_slice_size",
     "download_msd",
     "find_msd_task_dir",
     "msd_datalists",
     "read_dataset_json",
     "read_msd_items",
+    "ras_slice_size",
     "spec_from_dataset_json",
     "split_cases",
 ]
@@ -81,26 +83,29 @@ def read_dataset_json(task_dir: str | os.PathLike) -> dict:
 def spec_from_dataset_json(task_dir: str | os.PathLike, name: str | None = None) -> TaskSpec:
     """The registered task whose folder or dataset.json name matches, else a generic spec built from it.
 
-    The generic spec reads channels from ``modality`` and classes from ``labels``; CT is recognised from
-    the modality names and gets a wide window.
+    The generic spec reads channels from ``modality`` and classes from ``labels`` (keys ``"0"``..``"N-1"``,
+    background first); CT is recognised from the modality names and gets a wide window, anything else is
+    z-scored like MRI. In-plane size: native, padded to a multiple of 32.
+
+    Raises:
+        ValueError: naming dataset.json: keys of ``modality`` / ``labels`` that are not 0..N-1, fewer than two
+            labels.
     """
     task_dir = Path(task_dir)
+    json_path = task_dir / "dataset.json"
     meta = read_dataset_json(task_dir)
     from onenet_med.data.tasks import list_tasks
 
     for task_name in list_tasks():
         spec = get_task(task_name)
-        if spec.is_volume and (task_dir.name == spec.msd_task or meta.get("name") == spec.msd_name):
+        if spec.is_volume and spec.msd_task and (task_dir.name == spec.msd_task or meta.get("name") == spec.msd_name):
             return spec
     modality = meta.get("modality") or {"0": "image"}
     labels = meta.get("labels") or {"0": "background", "1": "foreground"}
-    try:
-        modality_names = tuple(str(modality[k]) for k in sorted(modality, key=int))
-        class_names = tuple(str(labels[k]) for k in sorted(labels, key=int))
-        if [int(k) for k in sorted(labels, key=int)] != list(range(len(labels))):
-            raise ValueError("labels keys must be 0..N-1")
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{task_dir / 'dataset.json'}: bad 'modality'/'labels' entries ({e}).") from None
+    modality_names = _numbered_names(modality, "modality", json_path)
+    class_names = _numbered_names(labels, "labels", json_path)
+    if len(class_names) < 2:
+        raise ValueError(f"{json_path}: 'labels' lists {len(class_names)} class; a segmentation task needs two or more")
     is_ct = any(m.strip().upper() == "CT" for m in modality_names)
     return TaskSpec(
         name=name or task_dir.name,
@@ -115,6 +120,47 @@ def spec_from_dataset_json(task_dir: str | os.PathLike, name: str | None = None)
         ct_window=(-1000.0, 1000.0) if is_ct else None,
         description=str(meta.get("description", "")),
     )
+
+
+def _numbered_names(entries, key: str, json_path: Path) -> tuple[str, ...]:
+    """``{"0": "a", "1": "b"}`` -> ``("a", "b")``; the keys must be exactly 0..N-1."""
+    if not isinstance(entries, dict) or not entries:
+        raise ValueError(f'{json_path}: \'{key}\' must map "0", "1", ... to names, got {entries!r}')
+    try:
+        numbers = sorted(int(k) for k in entries)
+    except (TypeError, ValueError):
+        numbers = None
+    if numbers != list(range(len(entries))):
+        unit = "channel" if key == "modality" else "class"
+        raise ValueError(
+            f"{json_path}: '{key}' keys must be 0..{len(entries) - 1} (one per {unit}, counting from 0), "
+            f"got {sorted(entries)}"
+        )
+    return tuple(str(entries[k]) for k in sorted(entries, key=int))
+
+
+def ras_slice_size(path: str | os.PathLike) -> tuple[int, int]:
+    """In-plane (H, W) of a volume's axial slices after orientation to RAS, read from its header only."""
+    import nibabel as nib
+
+    img = nib.load(os.fspath(path))
+    axes = nib.orientations.io_orientation(img.affine)[:, 0].astype(int)  # input axis i becomes RAS axis axes[i]
+    ras = [0, 0, 0]
+    for i, axis in enumerate(axes):
+        ras[axis] = int(img.shape[i])
+    return ras[0], ras[1]
+
+
+def common_slice_size(items: Sequence[dict]) -> tuple[int, int] | None:
+    """The largest in-plane size of the items' images (RAS), when they differ; ``None`` when all slices have one size.
+
+    Training batches slices of different volumes: padding every slice to this size lets them stack.
+    """
+    images = [item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"] for item in items]
+    sizes = {ras_slice_size(path) for path in images}
+    if len(sizes) <= 1:
+        return None
+    return max(h for h, _ in sizes), max(w for _, w in sizes)
 
 
 def split_cases(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

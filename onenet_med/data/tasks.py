@@ -8,9 +8,11 @@ the data checker, the bundles and the CLI all read it from here.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["IGNORE_INDEX", "TaskSpec", "get_task", "list_tasks", "register_task"]
+__all__ = ["GENERIC_MSD", "IGNORE_INDEX", "TaskSpec", "get_task", "list_tasks", "register_task"]
 
 #: Label value ignored by losses and metrics (PASCAL VOC object borders).
 IGNORE_INDEX = 255
@@ -104,6 +106,20 @@ class TaskSpec:
     def replace(self, **changes) -> TaskSpec:
         """A copy with some fields changed (e.g. a generic MSD task built from a dataset.json)."""
         return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-friendly values (tuples become lists); :meth:`from_dict` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
+        """The spec :meth:`to_dict` wrote (JSON lists back to tuples); unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"TaskSpec: unknown fields {unknown}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
 
 # Oxford-IIIT Pet breeds in the order of their class ids 1..37 in annotations/list.txt
@@ -204,6 +220,23 @@ register_task(
         intensity_stats=(176.76, 36.0),
         cache="memory",
         description="Embedded demo: MNI152 2009a T1 template, tissue labels from nilearn's GM/WM maps.",
+    )
+)
+#: The generic MSD-layout task of the ``onenet_msd`` bundle. Its channels and classes here are placeholders: a run reads
+#: the real ones from the dataset's dataset.json (:func:`onenet_med.data.msd.spec_from_dataset_json`) or, for a
+#: trained model, from the task saved beside its checkpoint.
+GENERIC_MSD = register_task(
+    TaskSpec(
+        name="msd",
+        kind="msd",
+        in_channels=1,
+        num_classes=2,
+        class_names=("background", "foreground"),
+        modality="mri",
+        channel_names=("image",),
+        spatial_size=None,
+        cache="memory",
+        description="Any MSD-layout task: channels from dataset.json 'modality', classes from its 'labels'.",
     )
 )
 register_task(

@@ -6,16 +6,19 @@ from onenet_med.engine.checkpoint import (
     BEST_FILENAME,
     LATEST_FILENAME,
     BestCheckpointSaver,
+    BundleCheckpointLoader,
     CheckpointResumer,
     LatestCheckpointSaver,
     RNGState,
+    describe_state_mismatch,
     load_checkpoint,
     save_checkpoint,
 )
+from onenet_med.engine.failures import install_failure_summary
 from onenet_med.engine.losses import IGNORE_INDEX, WeightedCrossEntropyLoss, class_weights, get_loss
+from onenet_med.engine.network_switches import NetworkSwitches, apply_switches
 from onenet_med.engine.optim import get_optimizer
 from onenet_med.engine.schedules import get_lr_scheduler, paper_milestones
-from onenet_med.engine.switches import NetworkSwitches, apply_switches
 
 __all__ = [
     "BEST_FILENAME",
@@ -23,6 +26,7 @@ __all__ = [
     "LATEST_FILENAME",
     "BNStatsRefresh",
     "BestCheckpointSaver",
+    "BundleCheckpointLoader",
     "CheckpointResumer",
     "LatestCheckpointSaver",
     "NetworkSwitches",
@@ -34,9 +38,11 @@ __all__ = [
     "atomic_write_text",
     "batchnorm_layers",
     "class_weights",
+    "describe_state_mismatch",
     "get_loss",
     "get_lr_scheduler",
     "get_optimizer",
+    "install_failure_summary",
     "load_checkpoint",
     "paper_milestones",
     "recompute_bn_stats",

@@ -14,7 +14,8 @@ Typical bundle wiring (train.json)::
 
     "train#handlers": [..., {"_target_": "ValidationHandler", ...},
         {"_target_": "onenet_med.engine.CheckpointResumer", "ckpt_dir": "@ckpt_dir",
-         "load_dict": "@checkpoint_objects", "transforms": "@train#preprocessing", "enabled": "@resume"},
+         "load_dict": "@checkpoint_objects", "transforms": "@train#preprocessing",
+         "enabled": "$onenet_med.switch(@resume, 'resume')"},
         {"_target_": "onenet_med.engine.LatestCheckpointSaver", "ckpt_dir": "@ckpt_dir",
          "save_dict": "@checkpoint_objects", "transforms": "@train#preprocessing"}]
     "checkpoint_objects": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
@@ -39,16 +40,20 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from monai.handlers import CheckpointLoader
 
 from onenet_med.engine.atomic import atomic_torch_save
+from onenet_med.switches import switch
 
 __all__ = [
     "BEST_FILENAME",
     "LATEST_FILENAME",
     "BestCheckpointSaver",
+    "BundleCheckpointLoader",
     "CheckpointResumer",
     "LatestCheckpointSaver",
     "RNGState",
+    "describe_state_mismatch",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -264,7 +269,8 @@ class CheckpointResumer:
         missing_ok: start from scratch (with a log message) when the checkpoint does not exist, instead of raising.
         transforms: random transforms whose states are restored (the same as given to the saver).
         map_location: device for the loaded tensors.
-        enabled: when false, ``attach`` does nothing (config switch: ``"enabled": "@resume"``).
+        enabled: when false, ``attach`` does nothing (a switch: ``true false True False 1 0``; config:
+            ``"enabled": "$onenet_med.switch(@resume, 'resume')"``).
     """
 
     def __init__(
@@ -277,7 +283,7 @@ class CheckpointResumer:
         map_location: str | torch.device = "cpu",
         enabled: bool = True,
     ) -> None:
-        self.enabled = bool(enabled)
+        self.enabled = switch(enabled, "enabled")  # bool('false') would be True
         self.path = os.path.join(os.fspath(ckpt_dir), filename)
         self.load_dict = dict(load_dict)
         self.load_dict.setdefault("rng", RNGState(transforms))
@@ -361,3 +367,73 @@ class BestCheckpointSaver:
         if idist.get_rank() == 0:
             atomic_torch_save(_unwrap(self.model).state_dict(), self.path)
             logger.info(f"saved best model {self.path} ({self.metric_name}={value:.4f}, epoch {self.best_epoch})")
+
+
+def describe_state_mismatch(model: torch.nn.Module, state: Mapping[str, Any]) -> str:
+    """What keeps ``state`` (a ``state_dict``) from loading into ``model``: counts of missing and unexpected keys
+    and of shape mismatches, with the first of each.
+
+    Returns:
+        e.g. ``"5 missing keys (first: encoder.0.conv.weight), 3 unexpected keys (first: stem.2.bias),
+        1 shape mismatch (stem.0.weight: checkpoint (4, 1, 1, 1), network (4, 1, 3, 3))"``; ``""`` when it fits.
+    """
+    own = _unwrap(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} (first: {unexpected[0]})")
+    if shapes:
+        key, theirs, ours = shapes[0]
+        plural = "es" * (len(shapes) > 1)
+        parts.append(f"{len(shapes)} shape mismatch{plural} (first: {key}: checkpoint {theirs}, network {ours})")
+    return ", ".join(parts)
+
+
+class BundleCheckpointLoader(CheckpointLoader):
+    """MONAI's :class:`~monai.handlers.CheckpointLoader` whose failures name the checkpoint file and say what
+    does not fit (the bundles' evaluate and inference configs use it).
+
+    A missing file raises ``FileNotFoundError`` naming it; weights of another network (or of other settings such
+    as ``network_def#features``) raise ``ValueError`` naming the file, the network and the mismatched keys,
+    instead of PyTorch's list of hundreds of key names. Arguments are MONAI's.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        if not os.path.isfile(self.load_path):
+            raise FileNotFoundError(
+                f"checkpoint {self.load_path} does not exist: train the bundle first or pass --ckpt_path PATH"
+            )
+        try:
+            super().__call__(engine)
+        except RuntimeError as error:
+            model = next((obj for obj in self.load_dict.values() if isinstance(obj, torch.nn.Module)), None)
+            state = torch.load(self.load_path, map_location="cpu", weights_only=True)
+            if model is None or not isinstance(state, Mapping):
+                raise
+            state = state.get("model", state) if isinstance(state.get("model"), Mapping) else state
+            mismatch = describe_state_mismatch(model, state)
+            if not mismatch:
+                raise
+            raise ValueError(
+                f"checkpoint {self.load_path} does not fit the network {type(_unwrap(model)).__name__} of this "
+                f"configuration: {mismatch}. Weights of another network or other settings? Pass the overrides it "
+                f"was trained with (--network_name, --network_def#features, ...){_record_hint(self.load_path)}"
+            ) from error
+
+
+def _record_hint(checkpoint: str | os.PathLike) -> str:
+    """Where a bundle reads a model's training settings from, when that file is missing."""
+    from onenet_med.bundle.record import TASK_RECORD
+
+    record = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), TASK_RECORD)
+    if os.path.isfile(record):
+        return ""
+    return f"; no {record} beside it records them (training writes it: keep it with the checkpoint)"

@@ -18,12 +18,17 @@ from onenet_med._lazy import lazy_attributes
 
 _LAZY = {
     "AXES": "predictor",
-    "IMAGE_SUFFIXES": "predictor",
     "PredictionResult": "predictor",
     "Predictor": "predictor",
-    "expand_inputs": "predictor",
-    "load_bundle_config": "predictor",
-    "output_name": "predictor",
+    "load_network": "predictor",
+    "OnnxRuntimeNetwork": "backends",
+    "preprocessing_identity": "backends",
+    "export_bundle": "export",
+    # re-exported from their home, onenet_med.bundle
+    "IMAGE_SUFFIXES": "onenet_med.bundle.inputs",
+    "expand_inputs": "onenet_med.bundle.inputs",
+    "load_bundle_config": "onenet_med.bundle.config",
+    "output_name": "onenet_med.bundle.inputs",
     "SimpleITKReader": "readers",
     "save_overlays": "overlays",
     "AtomicITKWriter": "writers",

@@ -34,6 +34,18 @@ def add_parser(subparsers) -> None:
         default=None,
         help="weights: state dict (.pt) or TorchScript (.ts); default <bundle>/models/model.pt, else model.ts",
     )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="what runs the network: torch (default) or onnxruntime (an exported --model X.onnx, fp32 or int8)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="exported model (onenet-med export): .onnx for --backend onnxruntime (default "
+        "<bundle>/models/model.onnx), .ts for torch",
+    )
     p.add_argument("--save-probabilities", action="store_true", help="also write <stem>_prob (K channels, float32)")
     p.add_argument("--overlays", type=int, default=0, metavar="N", help="write PNGs of N slices with the prediction")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
@@ -50,21 +62,17 @@ def add_parser(subparsers) -> None:
         help="slicing axis after RAS orientation: axial (default), coronal, sagittal or 0/1/2",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="bundle config override, VALUE parsed as JSON when possible (e.g. network_def#features=8); repeatable",
-    )
+    add_override_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    speed = p.add_argument_group("speed switches (default: the bundle's settings)")
+    speed = p.add_argument_group(
+        "speed switches (default: the bundle's settings; each also takes a value: --compile false = --no-compile)"
+    )
     speed.add_argument(
-        "--no-optimize",
-        dest="optimize",
-        action="store_false",
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the network as trained instead of its inference copy (BatchNorm folded, oneDNN on CPU)",
+        help="run the network's inference copy (BatchNorm folded, oneDNN on CPU; the bundle's default); "
+        "--no-optimize: the network as trained",
     )
     speed.add_argument(
         "--amp",
@@ -73,12 +81,30 @@ def add_parser(subparsers) -> None:
         help="mixed precision (float16 on CUDA, bfloat16 on CPU); default: on for CUDA only",
     )
     speed.add_argument(
-        "--channels-last", action="store_true", default=None, help="channels-last weights and input batches"
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last weights and input batches",
     )
     speed.add_argument(
-        "--compile", action="store_true", default=None, help="torch.compile the network (first volume compiles)"
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the network (first volume compiles)",
     )
     p.set_defaults(func=run)
+
+
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """``--override KEY=VALUE`` (repeatable), read back by :func:`parse_overrides`."""
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle config override used in training, VALUE parsed as JSON when possible "
+        "(e.g. network_def#features=8); repeatable",
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -96,7 +122,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _outputs(path: str, out_dir: str, args: argparse.Namespace) -> dict[str, str]:
-    from onenet_med.inference.predictor import output_name
+    from onenet_med.bundle.inputs import output_name
 
     outs = {
         "labels": os.path.join(out_dir, output_name(path, "seg")),
@@ -108,7 +134,7 @@ def _outputs(path: str, out_dir: str, args: argparse.Namespace) -> dict[str, str
 
 
 def _overlay_prefix(path: str, out_dir: str) -> str:
-    from onenet_med.inference.predictor import output_name
+    from onenet_med.bundle.inputs import output_name
 
     return os.path.join(out_dir, output_name(path, "overlay", ""))
 
@@ -117,9 +143,10 @@ def run(args: argparse.Namespace) -> int:
     """Predict every input; returns 0 when all succeeded, 1 when any failed, 2 on a usage/bundle error."""
     from tqdm.auto import tqdm
 
+    from onenet_med.bundle.inputs import expand_inputs
     from onenet_med.engine.atomic import atomic_write_text
     from onenet_med.inference.overlays import save_overlays
-    from onenet_med.inference.predictor import Predictor, expand_inputs
+    from onenet_med.inference.predictor import Predictor
 
     start = time.perf_counter()
     try:
@@ -139,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
             args.bundle,
             checkpoint=args.checkpoint,
             device=args.device,
+            backend=args.backend,
+            model=args.model,
             overrides=overrides,
             batch_slices=args.batch_slices,
             axis=args.axis,
@@ -148,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             channels_last=args.channels_last,
             compile=args.compile,
         )
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, ImportError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
     os.makedirs(args.output, exist_ok=True)
@@ -187,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 "outputs": outs,
                 "bundle": predictor.name,
                 "checkpoint": predictor.checkpoint,
+                "backend": predictor.backend,
                 "device": str(predictor.device),
             }
             atomic_write_text(outs["json"], json.dumps(record, indent=2) + "\n")
@@ -201,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "bundle": predictor.name,
         "checkpoint": predictor.checkpoint,
+        "backend": predictor.backend,
         "device": str(predictor.device),
         "settings": predictor.settings(),
         "inputs": len(plans),
@@ -227,7 +258,8 @@ def _print_summary(summary: dict[str, Any], class_names) -> None:
         print(f"{os.path.basename(case['input'])[:40]:40s} {case['slices']:6d} {vols}")
     print(
         f"{summary['succeeded']}/{summary['inputs']} predicted in {summary['seconds']:.1f} s "
-        f"({summary['volumes_per_minute'] or 0:.2f} volumes/min) with {summary['bundle']} on {summary['device']}"
+        f"({summary['volumes_per_minute'] or 0:.2f} volumes/min) with {summary['bundle']} on {summary['device']} "
+        f"({summary['backend']})"
     )
     for failure in summary["failed"]:
         print(f"FAILED {failure['error']}")

@@ -10,6 +10,9 @@ Typical use (notebook)::
     result.volume_ml  # {"background": ..., "left atrium": 98.2}
     predictor.save(result, "out/la_003_seg.nii.gz")  # exact input geometry (sform and qform)
 
+    # the same with an exported model (onenet-med export) on ONNX Runtime: only the forward pass differs
+    fast = Predictor.from_bundle("bundles/onenet_heart", backend="onnxruntime", model="exported/model_int8.onnx")
+
 What happens to one volume (each step is the bundle's own, so results equal ``monai.bundle run`` with
 ``inference.json``):
 
@@ -27,12 +30,11 @@ What happens to one volume (each step is the bundle's own, so results equal ``mo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,18 +42,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from onenet_med.engine.workflow import default_device
-from onenet_med.inference.writers import NIFTI_SUFFIXES, AtomicNibabelWriter, is_nifti, write_like
+from onenet_med.bundle.config import load_bundle_config
+from onenet_med.bundle.workflow import default_device
+from onenet_med.inference.writers import AtomicNibabelWriter, is_nifti, write_like
 
 __all__ = [
     "AXES",
-    "IMAGE_SUFFIXES",
     "argmax_channels",
     "PredictionResult",
     "Predictor",
-    "expand_inputs",
-    "load_bundle_config",
-    "output_name",
+    "CPU_BATCH_SLICES",
+    "checkpoint_path",
+    "load_network",
+    "use_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,92 +66,6 @@ AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 #: onenet_ed4 on 320x320 slices, 1 and 2 threads): batch 1 is the fastest per slice; larger batches run out of
 #: cache and pay for fresh memory pages (docs/benchmarks.md, "Fast inference path").
 CPU_BATCH_SLICES = 1
-
-#: Volume files picked up from folders (NIfTI via nibabel, the rest via SimpleITK).
-IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd", ".nia", ".gipl", ".gipl.gz", ".mnc", ".vtk")
-
-# output extension for inputs whose own format is a header/data pair
-_OUTPUT_EXT = {".mhd": ".mha", ".nhdr": ".nrrd"}
-
-
-def _suffix(path: str | os.PathLike) -> str:
-    name = os.path.basename(os.fspath(path)).lower()
-    for ext in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.endswith(ext):
-            return ext
-    return Path(name).suffix
-
-
-def output_name(path: str | os.PathLike, postfix: str = "seg", ext: str | None = None) -> str:
-    """File name of an output for input ``path``: ``<stem>_<postfix><ext>``; ``ext`` defaults to the input's
-    format family (``.nii.gz`` stays ``.nii.gz``, ``.nrrd`` stays ``.nrrd``, ``.mhd`` becomes ``.mha``)."""
-    name = os.path.basename(os.fspath(path))
-    suffix = _suffix(name)
-    stem = name[: len(name) - len(suffix)] if suffix else name
-    if ext is None:
-        ext = _OUTPUT_EXT.get(suffix, name[len(stem) :] or ".nii.gz")
-    return f"{stem}_{postfix}{ext}"
-
-
-def expand_inputs(
-    inputs: str | os.PathLike | Sequence[str | os.PathLike], suffixes: tuple[str, ...] = IMAGE_SUFFIXES
-) -> list[str]:
-    """Image files to predict from a mix of files, folders (their files ending in ``suffixes``, sorted, hidden
-    files skipped) and MSD ``dataset.json`` files (their ``test`` list, relative to the json's folder).
-
-    Files are not opened here: a missing or corrupt file fails on its own when it is predicted.
-
-    Raises:
-        ValueError: a ``.json`` that is not an MSD dataset description with a ``test`` list.
-    """
-    from monai.data import load_decathlon_datalist
-
-    entries = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    files: list[str] = []
-    for entry in entries:
-        path = Path(entry)
-        if path.is_dir():
-            files += sorted(
-                str(p)
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes)
-            )
-        elif path.suffix.lower() == ".json":
-            try:
-                items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key="test")
-            except (ValueError, KeyError, json.JSONDecodeError) as error:
-                raise ValueError(f"{path}: not an MSD dataset.json with a 'test' list ({error})") from error
-            for item in items:
-                image = item["image"]
-                if isinstance(image, (list, tuple)):
-                    raise ValueError(f"{path}: test entries with one file per channel are not supported ({image})")
-                files.append(str(image))
-        else:
-            files.append(str(path))
-    return files
-
-
-def load_bundle_config(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
-    """The bundle's ``train.json`` + ``inference.json`` + ``metadata.json`` in a :class:`monai.bundle.ConfigParser`,
-    with ``bundle_root`` set to ``bundle_dir`` and ``overrides`` applied (``{"network_def#features": 8}``).
-
-    Raises:
-        FileNotFoundError: ``bundle_dir`` is not a bundle folder (no ``configs/inference.json``).
-    """
-    from monai.bundle import ConfigParser
-
-    configs = Path(bundle_dir) / "configs"
-    files = [configs / "train.json", configs / "inference.json"]
-    missing = [str(f) for f in [*files, configs / "metadata.json"] if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{bundle_dir} is not a bundle folder: missing {', '.join(missing)}")
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser.read_meta(str(configs / "metadata.json"))
-    parser["bundle_root"] = str(Path(bundle_dir).resolve())
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
 
 
 @dataclass
@@ -227,13 +144,21 @@ class Predictor:
         optimize: run the network's inference copy (:func:`onenet_med.networks.optimize_for_inference`; same
             logits, faster); TorchScript networks are used as they are. ``network`` itself is not changed. On
             CPU this also lets the C library keep freed memory for the next activations
-            (:func:`onenet_med.engine.switches.retain_freed_cpu_memory`: process-wide; the process keeps its
+            (:func:`onenet_med.engine.network_switches.retain_freed_cpu_memory`: process-wide; the process keeps its
             peak memory).
         amp: mixed precision (``torch.autocast``: float16 on CUDA, bfloat16 on CPU); default on for CUDA only.
         channels_last: convert the weights and each batch of slices to channels-last memory (the networks of
             this package convert their input themselves; on GPUs with tensor cores the weights matter).
         compile: ``torch.compile`` the network (opt-in: the first volume pays for the compilation; on CPU
             it needs a C++ compiler).
+        backend: ``"torch"`` (``network`` is a module) or ``"onnxruntime"`` (``network`` is an ``.onnx`` file or an
+            :class:`~onenet_med.inference.backends.OnnxRuntimeNetwork`; default device CPU; the exported model is
+            the inference copy already, the torch switches above do not apply). Only the forward pass differs:
+            preprocessing, slicing and inversion are the same.
+
+    Raises:
+        ValueError: a 2D task, bad settings, or an ONNX model made for other channels, classes or preprocessing
+            (the message names the file).
 
     Attributes:
         network: the module that runs (the inference copy, possibly compiled).
@@ -253,24 +178,46 @@ class Predictor:
         amp: bool | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        backend: str = "torch",
     ):
         from monai.transforms import Compose, LoadImaged, Resize, Resized
 
+        from onenet_med.inference.backends import BACKENDS, OnnxRuntimeNetwork, preprocessing_identity
         from onenet_med.inference.readers import SimpleITKReader
 
         if not task_spec.is_volume:
             raise ValueError(_NOT_VOLUME.format(name=name, task=task_spec.name))
-        self.device = torch.device(device) if device is not None else default_device()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if device is None:  # ONNX Runtime's default package runs on the CPU only
+            device = "cpu" if backend == "onnxruntime" else default_device()
+        self.device = torch.device(device)
         if batch_slices is None:
             batch_slices = CPU_BATCH_SLICES if self.device.type == "cpu" else 32
         if batch_slices < 1:
             raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
+        self.backend = backend
+        if backend == "onnxruntime":
+            if amp or channels_last or compile:
+                raise ValueError(f"{name}: amp, channels_last and compile are torch switches, not for onnxruntime")
+            if isinstance(network, (str, os.PathLike)):
+                network = OnnxRuntimeNetwork(network, self.device)
+            elif not isinstance(network, OnnxRuntimeNetwork):
+                raise TypeError(
+                    f"{name}: the onnxruntime backend takes an ONNX file or an OnnxRuntimeNetwork, "
+                    f"got {type(network).__name__}"
+                )
+            identity = preprocessing_identity(task_spec, preprocessing)
+            network.check(task_spec.in_channels, task_spec.num_classes, identity)
+            optimize = amp = False  # the exported model is the inference copy already; ORT runs float32 / int8
+        elif isinstance(network, (str, os.PathLike)):
+            raise TypeError(f"{name}: the torch backend takes a module; load {network} with Predictor.from_bundle")
         self.optimize = bool(optimize) and not isinstance(network, torch.jit.ScriptModule)
         self.amp = self.device.type == "cuda" if amp is None else bool(amp)
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         if self.optimize and self.device.type == "cpu":
-            from onenet_med.engine.switches import retain_freed_cpu_memory
+            from onenet_med.engine.network_switches import retain_freed_cpu_memory
 
             retain_freed_cpu_memory()  # no page faults for every activation: 15-18% per 320x320 slice
         self.network = _prepare_network(network, self.device, self.optimize, self.channels_last, self.compile)
@@ -307,65 +254,93 @@ class Predictor:
         amp: bool | None = None,
         channels_last: bool | None = None,
         compile: bool | None = None,
+        backend: str = "torch",
+        model: str | os.PathLike | None = None,
     ) -> Predictor:
         """Load a bundle folder once.
 
         Args:
-            bundle_dir: bundle folder (``configs/train.json``, ``configs/inference.json``, ``configs/metadata.json``).
-            checkpoint: weights to load: a state dict (``.pt``, loaded with ``weights_only=True`` into the
-                bundle's ``network_def``) or a TorchScript archive (``.ts``, ``torch.jit.load``). Default: the
-                bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
-            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: CUDA when available).
+            bundle_dir: bundle folder (``configs/inference.json``, ``configs/metadata.json``).
+            checkpoint: weights to load (torch backend): a state dict (``.pt``, loaded with ``weights_only=True``
+                into the bundle's ``network_def``) or a TorchScript archive (``.ts``, ``torch.jit.load``). Default:
+                the bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``. The task saved beside
+                the checkpoint or model by training or export (``task.json``: channels, classes, normalisation,
+                network arguments) is used, so a model trained on any dataset needs no overrides.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: the bundle's, CUDA when available; CPU for the
+                onnxruntime backend).
             overrides: config overrides, as on the ``monai.bundle`` command line (``{"network_def#features": 8}``).
             batch_slices: slices per forward pass (default: :data:`CPU_BATCH_SLICES` on CPU, the bundle's
                 ``batch_size`` elsewhere).
             axis: slicing axis (see the class).
             progress: progress bar over the slice batches.
+            backend: ``"torch"`` or ``"onnxruntime"``.
+            model: an exported model (``onenet-med export``): ``.onnx`` for the onnxruntime backend (default
+                ``models/model.onnx``), ``.ts`` for the torch backend (instead of ``checkpoint``). Its record must
+                match this bundle's channels, classes and preprocessing.
             optimize, amp, channels_last, compile: see the class; default: the bundle's ``optimize``, ``amp``
                 (on CUDA only), ``channels_last`` and ``compile`` settings.
 
         Raises:
-            FileNotFoundError: not a bundle, or no checkpoint.
+            FileNotFoundError: not a bundle, or no checkpoint / model.
             RuntimeError: the checkpoint does not load (corrupt, or another network's weights).
+            ValueError: an exported model made for other inputs (the message names the file and what differs).
         """
-        from onenet_med.engine import load_checkpoint
+        from onenet_med.inference.backends import BACKENDS, check_model_record, preprocessing_identity
+        from onenet_med.switches import switch
 
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if model is not None and checkpoint is not None:
+            raise ValueError("pass either checkpoint (weights) or model (an exported model), not both")
         parser = load_bundle_config(bundle_dir, overrides)
-        spec = parser.get_parsed_content("task_spec")
         name = parser.get_parsed_content("_meta_#name", default=Path(bundle_dir).name)
+        if backend == "onnxruntime":
+            if checkpoint is not None:
+                raise ValueError(
+                    f"{name}: the onnxruntime backend runs an exported model: pass model=X.onnx (onenet-med export), "
+                    f"not checkpoint={checkpoint}"
+                )
+            path = Path(model) if model is not None else Path(parser.get_parsed_content("ckpt_dir")) / "model.onnx"
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX model {path} does not exist (write it with onenet-med export)")
+        else:
+            path = checkpoint_path(parser, model if model is not None else checkpoint)
+        use_checkpoint(parser, path)  # the task saved beside it (task.json) defines the rest
+        spec = parser.get_parsed_content("task_spec")
         if not spec.is_volume:
             raise ValueError(_NOT_VOLUME.format(name=name, task=spec.name))
         preprocessing = parser.get_parsed_content("preprocessing")
         if device is None:
-            device = parser.get_parsed_content("device")
+            device = "cpu" if backend == "onnxruntime" else parser.get_parsed_content("device")
         if batch_slices is None and torch.device(device).type != "cpu":
             batch_slices = int(parser.get_parsed_content("batch_size"))
         switches = {"optimize": optimize, "amp": amp, "channels_last": channels_last, "compile": compile}
         defaults = {"optimize": True, "amp": None, "channels_last": False, "compile": False}
         for key, value in switches.items():
-            if value is None:
-                switches[key] = parser.get_parsed_content(key, default=defaults[key])
-        path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
+            if value is None:  # the bundle's setting, spelled as on the command line ("false" is off)
+                value = parser.get_parsed_content(key, default=defaults[key])
+                switches[key] = None if value is None else switch(value, key)
         device = torch.device(device)
-        network = _load_torchscript(path, device) if path.suffix == ".ts" else None
-        if network is None:
-            network = parser.get_parsed_content("network_def")
-            try:
-                load_checkpoint(path, {"model": network}, map_location=device)
-            except RuntimeError as error:
-                scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
-                if scripted is None:
-                    raise RuntimeError(
-                        f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
-                        "another network or other settings? pass the overrides used in training, e.g. "
-                        f"network_def#features): {_first_line(error)}"
-                    ) from error
-                network = scripted
-        predictor = cls(network, preprocessing, spec, device, batch_slices, axis, progress, name=name, **switches)
+        if backend == "onnxruntime":
+            network: Any = os.fspath(path)
+            # the torch switches do not apply; the bundle's defaults are dropped, explicit requests are refused
+            switches = {
+                "optimize": False,
+                "amp": bool(amp),
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+            }
+        else:
+            network, path = load_network(parser, path, device, name)
+            if isinstance(network, torch.jit.ScriptModule):
+                from onenet_med.inference.backends import read_torchscript_record
+
+                check_model_record(path, read_torchscript_record(path), preprocessing_identity(spec, preprocessing))
+        predictor = cls(
+            network, preprocessing, spec, device, batch_slices, axis, progress, name=name, backend=backend, **switches
+        )
         predictor.checkpoint = str(path)
-        logger.info(f"{name}: {path} on {device}, {predictor.batch_slices} slices per batch, {switches}")
+        logger.info(f"{name}: {path} on {device} ({backend}), {predictor.batch_slices} slices per batch, {switches}")
         return predictor
 
     # ------------------------------------------------------------------------------------------ prediction
@@ -482,8 +457,10 @@ class Predictor:
         )
 
     def settings(self) -> dict[str, Any]:
-        """How the network runs: ``batch_slices``, ``optimize``, ``amp``, ``channels_last``, ``compile``, threads."""
+        """How the network runs: ``backend``, ``batch_slices``, ``optimize``, ``amp``, ``channels_last``, ``compile``,
+        threads."""
         return {
+            "backend": self.backend,
             "batch_slices": self.batch_slices,
             "optimize": self.optimize,
             "amp": self.amp,
@@ -568,7 +545,7 @@ def _prepare_network(
     network: torch.nn.Module, device: torch.device, optimize: bool, channels_last: bool, compile: bool
 ) -> torch.nn.Module:
     """The module the predictor runs: the inference copy on ``device`` in eval mode, channels-last, compiled."""
-    from onenet_med.engine.switches import apply_switches
+    from onenet_med.engine.network_switches import apply_switches
 
     network = apply_switches(network, optimize=optimize).to(device).eval()
     return apply_switches(network, channels_last=channels_last, compile=compile)
@@ -584,6 +561,69 @@ def _axis_index(axis: int | str) -> int:
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1, 2 or one of {list(AXES)}, got {axis!r}")
     return int(axis)
+
+
+def checkpoint_path(parser, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The weights file to load: ``checkpoint``, default the bundle's ``ckpt_path`` (``models/model.pt``), else
+    ``models/model.ts``.
+
+    Raises:
+        FileNotFoundError: no such file (naming it).
+    """
+    path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(parser)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def use_checkpoint(parser, path: str | os.PathLike) -> None:
+    """Set the bundle config's ``ckpt_path`` to ``path``: the task saved beside it (``task.json``, written by
+    training and copied by ``onenet-med export``) then defines the task, the preprocessing and ``network_def``."""
+    resolved = str(Path(path).resolve())
+    if parser.get("ckpt_path") != resolved:  # setting an id resets what the parser has resolved
+        parser["ckpt_path"] = resolved
+
+
+def load_network(
+    parser, checkpoint: str | os.PathLike | None, device: torch.device, name: str = "bundle"
+) -> tuple[torch.nn.Module, Path]:
+    """The bundle's network with trained weights: ``checkpoint`` (a state dict loaded into ``network_def``, or a
+    TorchScript archive), default the bundle's ``ckpt_path`` (``models/model.pt``), else ``models/model.ts``.
+
+    The task saved beside the checkpoint (``task.json``) gives the network's arguments (:func:`use_checkpoint`).
+
+    Args:
+        parser: the bundle's config (:func:`onenet_med.bundle.load_bundle_config`).
+        checkpoint: weights file or None.
+        device: where the tensors go.
+        name: bundle name, for messages.
+
+    Returns:
+        ``(network, checkpoint path)``; a state dict gives the bundle's ``network_def`` (an ``nn.Module``).
+
+    Raises:
+        FileNotFoundError: no checkpoint.
+        RuntimeError: the checkpoint does not load (corrupt, or another network's weights).
+    """
+    from onenet_med.engine import load_checkpoint
+
+    path = checkpoint_path(parser, checkpoint)
+    use_checkpoint(parser, path)
+    network = _load_torchscript(path, device) if path.suffix == ".ts" else None
+    if network is None:
+        network = parser.get_parsed_content("network_def")
+        try:
+            load_checkpoint(path, {"model": network}, map_location=device)
+        except RuntimeError as error:
+            scripted = _load_torchscript(path, device)  # a TorchScript archive under another name
+            if scripted is None:
+                raise RuntimeError(
+                    f"{name}: cannot load {path} into the bundle's {type(network).__name__} (weights of "
+                    "another network or other settings, and no task.json beside it? pass the overrides used "
+                    f"in training, e.g. network_def#features): {_first_line(error)}"
+                ) from error
+            network = scripted
+    return network, path
 
 
 def _default_checkpoint(parser) -> Path:

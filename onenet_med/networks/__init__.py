@@ -15,9 +15,11 @@ mobilenet_unet4         U-Net with depthwise-separable (MobileNet) blocks, 4 lev
 resnet34_unet           MONAI FlexibleUNet, ResNet34 encoder, from scratch
 resnet50_unet           MONAI FlexibleUNet, ResNet50 encoder, from scratch
 basicunet               MONAI BasicUNet (its defaults)
+segresnet               MONAI SegResNet in 2D (its defaults; ``init_filters`` = width, 8)
 ======================  =============================================================================
 
-``overrides`` are keyword arguments of the network's constructor (e.g. ``features=16`` for a small OneNet).
+``overrides`` are keyword arguments of the network's constructor (e.g. ``features=16`` for a small OneNet,
+``init_filters=16`` for SegResNet).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from onenet_med.networks.blocks import ChannelDense, OneNetDownBlock, OneNetUpBl
 from onenet_med.networks.context import AxialContext
 from onenet_med.networks.onenet import OneNet
 from onenet_med.networks.optimize import optimize_for_inference, register_inference_converter
+from onenet_med.networks.peers import segresnet
 from onenet_med.networks.unet import PaddedNet, ResNetUNet, UNet, basic_unet
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "list_networks",
     "optimize_for_inference",
     "register_inference_converter",
+    "segresnet",
 ]
 
 _REGISTRY: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -68,6 +72,7 @@ _REGISTRY.update(
         "resnet34_unet": (ResNetUNet, {"backbone": "resnet34"}),
         "resnet50_unet": (ResNetUNet, {"backbone": "resnet50"}),
         "basicunet": (basic_unet, {}),
+        "segresnet": (segresnet, {}),
     }
 )
 

@@ -57,8 +57,11 @@ def retain_freed_cpu_memory(trim_threshold_mb: int = 1024) -> bool:
 def apply_switches(
     network: nn.Module, optimize: bool = False, channels_last: bool = False, compile: bool = False
 ) -> nn.Module:
-    """``network`` as the switches ask: its inference copy (``optimize``; TorchScript modules are used as they are),
-    converted to channels-last memory in place, wrapped by ``torch.compile``."""
+    """``network`` as the switches ask: its inference copy (``optimize``; TorchScript modules are used as they are;
+    a DistributedDataParallel / DataParallel wrapper is dropped: every process runs its own copy, as in
+    ``multi_gpu_evaluate.json``), converted to channels-last memory in place, wrapped by ``torch.compile``."""
+    if optimize and isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        network = network.module  # the wrapper only synchronises gradients, which inference has none of
     if optimize and not isinstance(network, torch.jit.ScriptModule):
         from onenet_med.networks import optimize_for_inference
 
@@ -73,15 +76,6 @@ def apply_switches(
     return network
 
 
-def _switch(name: str, value: bool | str) -> bool:
-    """A switch's value; ``"true"``/``"false"`` strings too (``monai.bundle run --compile false`` passes a string)."""
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    if isinstance(value, (bool, int)):
-        return bool(value)
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 class NetworkSwitches:
     """Replace ``engine.network`` when the engine starts (see the module docstring).
 
@@ -89,14 +83,21 @@ class NetworkSwitches:
         optimize: run the inference copy (only for engines that do not train it).
         channels_last: channels-last weights.
         compile: ``torch.compile`` the network.
+
+    Each takes a bool or a switch spelling (:func:`onenet_med.switch`: ``true false True False 1 0``).
+
+    Raises:
+        onenet_med.switches.SwitchError: any other value, naming the switch.
     """
 
     def __init__(
         self, optimize: bool | str = False, channels_last: bool | str = False, compile: bool | str = False
     ) -> None:
-        self.optimize = _switch("optimize", optimize)
-        self.channels_last = _switch("channels_last", channels_last)
-        self.compile = _switch("compile", compile)
+        from onenet_med.switches import switch
+
+        self.optimize = switch(optimize, "optimize")
+        self.channels_last = switch(channels_last, "channels_last")
+        self.compile = switch(compile, "compile")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)

@@ -10,10 +10,11 @@ from ignite.engine import Engine
 from parameterized import parameterized
 from torch import nn
 
-import onenet_med.engine.switches as switches
+import onenet_med.engine.network_switches as network_switches
 from onenet_med.engine import NetworkSwitches, apply_switches
 from onenet_med.networks import get_network
 from onenet_med.networks.optimize import FastConv2d
+from onenet_med.switches import SwitchError
 
 
 def _engine(network: nn.Module) -> Engine:
@@ -73,8 +74,19 @@ def test_switch_values_from_the_command_line(value, expected):
 
 
 def test_bad_switch_value():
-    with pytest.raises(ValueError, match="compile must be true or false, got 'yes please'"):
+    with pytest.raises(SwitchError, match="switch 'compile' takes true, false, True, False, 1 or 0; got 'yes please'"):
         NetworkSwitches(compile="yes please")
+
+
+def test_optimize_unwraps_a_data_parallel_network():
+    """multi_gpu_evaluate.json wraps the network in DistributedDataParallel: each process runs its own inference
+    copy of the wrapped module (DataParallel stands in: DDP needs a process group)."""
+    plain = get_network("onenet_ed4", 1, 2, features=4).eval()
+    fast = apply_switches(nn.DataParallel(plain), optimize=True)
+    assert not isinstance(fast, nn.DataParallel) and any(isinstance(m, FastConv2d) for m in fast.modules())
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -82,10 +94,10 @@ def test_retain_freed_cpu_memory(monkeypatch):
     """Freed activations are reused: page faults of a repeated allocation drop to ~0 (glibc)."""
     import resource
 
-    monkeypatch.setattr(switches, "_RETAINED", False)
-    assert switches.retain_freed_cpu_memory() is True and switches._RETAINED
-    assert switches.retain_freed_cpu_memory() is True  # idempotent
-    for _ in range(2):  # 12 MB, freed at once: kept by the heap (after it has grown to hold it)
+    monkeypatch.setattr(network_switches, "_RETAINED", False)
+    assert network_switches.retain_freed_cpu_memory() is True and network_switches._RETAINED
+    assert network_switches.retain_freed_cpu_memory() is True  # idempotent
+    for _ in range(4):  # 12 MB, freed at once: kept by the heap (after it has grown to hold it, in a few rounds)
         torch.empty(3_000_000).fill_(1.0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5):
@@ -99,6 +111,6 @@ def test_retain_freed_cpu_memory_without_mallopt(monkeypatch):
     def no_libc(*args, **kwargs):
         raise OSError("no such library")
 
-    monkeypatch.setattr(switches, "_RETAINED", False)
+    monkeypatch.setattr(network_switches, "_RETAINED", False)
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
-    assert switches.retain_freed_cpu_memory() is False and not switches._RETAINED
+    assert network_switches.retain_freed_cpu_memory() is False and not network_switches._RETAINED
