@@ -307,7 +307,8 @@ def dice(args: argparse.Namespace) -> dict[str, Any]:
         for name, predictor in predictors.items():
             labels = predictor.predict_volume(case["image"]).labels
             onehot = torch.nn.functional.one_hot(torch.as_tensor(labels).long(), spec.num_classes)
-            logits = onehot.permute(3, 0, 1, 2)[None].float()  # (1, K, X, Y, Z): argmax = the labels
+            # (1, K, X, Y, Z) scores of +-1 whose argmax is the labels (the metrics refuse one-hot maps as logits)
+            logits = onehot.permute(3, 0, 1, 2)[None].float() * 2 - 1
             scores[name].append(segmentation_metrics(logits, truth[None, None], spec.num_classes, spec.class_names))
             reference = labels if reference is None else reference
             labels_equal[name].append(float((labels == reference).mean()))
