@@ -300,6 +300,21 @@ DOC_COMMANDS: list[Entry] = [
         append="--width 4 --shape 1 3 32 32 --threads 1 --repeats 1 --warmup 0 --calibration-slices 2",
     ),
     Entry(
+        r"^python scripts/bench_context\.py\b",
+        "tiny benchmark",
+        append="--levels 4 --width 4 --size 32 --threads 1 --repeats 1 --warmup 0",
+    ),
+    Entry(
+        r"^python scripts/receptive_field\.py\b",
+        "two networks at a tiny size",
+        append="--networks onenet_ed4 onenet_ed4_ctx --size 64 --width 4",
+    ),
+    Entry(
+        r"^python scripts/position_task\.py\b",
+        "one seed, a few steps (test_position_task in tests/test_networks_context.py trains it for real)",
+        append="--seeds 0 --steps 2",
+    ),
+    Entry(
         r"^python scripts/bench_onnx\.py dice\b",
         "tiny benchmark (the tiny demo training above)",
         append=f"--calibration-slices {TINY_CALIBRATION}",
