@@ -14,9 +14,9 @@ from the start (on the halves task: 4 of 4 seeds solved in 300 steps with it, 1 
 
 Any H x W works: the kernel of an axis of length ``n`` (``2n - 1`` taps, one per offset) is gathered from the taps
 at run time, offsets beyond ``reach`` share the outermost tap, so nothing depends on a size fixed at construction.
-It runs as two depthwise convolutions (:func:`axial_mix`, oneDNN, channels-last); under tracing, which the
-TorchScript-based ONNX exporter uses and which cannot export a kernel whose size depends on the input, as the
-same mixing written with ``(n, n)`` Toeplitz matrices (:func:`axial_mix_matmul`, about 5x slower on the CPU).
+It runs as two depthwise convolutions (:func:`axial_mix`, oneDNN, channels-last); under tracing and ONNX export
+(neither ONNX exporter can export a kernel whose size depends on the input), as the same mixing written with
+``(n, n)`` Toeplitz matrices (:func:`axial_mix_matmul`, about 5x slower on the CPU).
 TorchScript (scripting) and both ONNX exporters work with dynamic height and width.
 """
 
@@ -85,6 +85,14 @@ def axial_mix_matmul(x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor
     return torch.matmul(y, toeplitz(taps_w, x.shape[3]).transpose(1, 2))  # @ (C, W, W): along rows
 
 
+def _exporting() -> bool:
+    """True under tracing (the TorchScript-based ONNX exporter) and under either ONNX exporter (the dynamo one
+    turns the input-sized kernel into a size guard it cannot express); False when scripted."""
+    if torch.jit.is_scripting():
+        return False
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 class AxialContext(nn.Module):
     """Residual image-wide mixing: ``x + adn(T_W (T_H (x + offset)) + bias)``, per channel.
 
@@ -134,7 +142,7 @@ class AxialContext(nn.Module):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """``T_W (T_H x)``: every output position a weighted sum of the whole map, per channel (no offset, bias)."""
-        if torch.jit.is_tracing():  # the TorchScript-based ONNX exporter cannot export input-sized conv kernels
+        if _exporting():  # ONNX exporters cannot export conv kernels whose size depends on the input
             return axial_mix_matmul(x, self.taps_h, self.taps_w)
         return axial_mix(x, self.taps_h, self.taps_w)
 
