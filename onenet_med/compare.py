@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: networks whose constructor takes an int ``features`` (base width): OneNet variants and the U-Net baselines
-_FEATURE_PREFIXES = ("onenet_", "unet", "mobilenet_unet")
+_FEATURE_PREFIXES = ("onenet_", "unet", "mobilenet_unet", "plainconvunet")
 _BASICUNET_DEFAULT = (32, 32, 64, 128, 256, 32)
 
 
@@ -162,9 +162,9 @@ def metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
 def network_overrides(name: str, width: int | None) -> dict[str, Any]:
     """Bundle overrides that select network ``name`` at base width ``width`` (None: the network's default).
 
-    OneNet and the U-Nets take ``features`` (base width); BasicUNet gets its default widths (32, 32, 64, 128, 256,
-    32) scaled by ``width / 32``; SegResNet takes ``init_filters`` (its first stage's width, default 8); the ResNet
-    U-Nets have no width setting and keep their size.
+    OneNet, the U-Nets and nnU-Net's PlainConvUNet take ``features`` (base width); BasicUNet gets its default
+    widths (32, 32, 64, 128, 256, 32) scaled by ``width / 32``; SegResNet takes ``init_filters`` (its first stage's
+    width, default 8); the ResNet U-Nets have no width setting and keep their size.
     """
     from onenet_med.networks import list_networks
 

@@ -8,8 +8,8 @@ ratios with their targets.
 
 Network names: any registry name (``onenet_med.networks.list_networks()``), with ``+fast`` for its inference copy
 (``onenet_med.networks.optimize_for_inference``); ``segresnet`` (MONAI SegResNet, 2D, ``init_filters=8``: built here
-when the registry has no such name) and ``plainconvunet`` (nnU-Net's 2D PlainConvUNet: timed when the registry
-has it, listed as skipped otherwise).
+when the registry has no such name); ``plainconvunet`` (nnU-Net's 2D PlainConvUNet) is listed as skipped when its
+optional package is not installed.
 
 Presets (targets of issues 2 and 9):
 
@@ -104,15 +104,17 @@ def build(name: str, in_channels: int, out_channels: int, features: int | None =
     base = name.removesuffix(FAST)
     if base in list_networks():
         kwargs = {"features": features} if features and base.startswith(("onenet", "unet", "mobilenet")) else {}
-        net = get_network(base, in_channels, out_channels, **kwargs).eval()
+        try:
+            net = get_network(base, in_channels, out_channels, **kwargs).eval()
+        except ImportError as error:  # an optional package (plainconvunet: nnU-Net's)
+            print(f"skipping {name}: {error}")
+            return None
     elif base == "segresnet":
         from monai.networks.nets import SegResNet
 
         net = SegResNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, init_filters=8).eval()
-    elif base == "plainconvunet":  # nnU-Net's 2D PlainConvUNet, once the registry has it (optional package)
-        return None
     else:
-        raise SystemExit(f"unknown network {name!r}: registry names (NAME or NAME+fast), segresnet, plainconvunet")
+        raise SystemExit(f"unknown network {name!r}: registry names (NAME or NAME+fast)")
     return optimize_for_inference(net) if name.endswith(FAST) else net
 
 

@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'network':16s} {'centre: rows x cols':>20s} {'share':>7s} {'corner: rows x cols':>20s} {'share':>7s}")
     rows = {}
     for name in args.networks:
-        net = _build(name, args.width)
+        try:
+            net = _build(name, args.width)
+        except ImportError as error:  # an optional package (plainconvunet: nnU-Net's)
+            print(f"{name:16s} skipped: {error}")
+            continue
         centre = receptive_field(net, (1, 3, s, s))
         corner = receptive_field(net, (1, 3, s, s), (0, 0))
         rows[name] = {"centre": centre, "corner": corner}

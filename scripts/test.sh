@@ -12,6 +12,8 @@ fi
 # CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
 "$VENV/bin/python" -m pip install --quiet -e ".[test,onnx,demo]"
+# nnU-Net's network (optional peer `plainconvunet`): without its timm/torchvision dependencies, which replace CPU torch
+"$VENV/bin/python" -m pip install --quiet --no-deps dynamic-network-architectures
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 "$VENV/bin/python" -m ruff check onenet_med tests scripts
 # fast suite, then the end-to-end runs (tiny sizes) behind the `slow` marker

@@ -584,3 +584,16 @@ def test_exported_bundle_runs_outside_the_checkout(tmp_path, subprocess_env):
 @pytest.mark.slow
 def test_every_exported_bundle_runs_outside_the_checkout(tmp_path, subprocess_env):
     exported_roundtrip(BUNDLES, tmp_path, subprocess_env)
+
+
+def test_nnunet_peer_by_name(tmp_path):
+    """``--network_name plainconvunet --network_def#features 4``: nnU-Net's network trains and evaluates in a bundle
+    like the registry's own networks (the width override reaches it)."""
+    pytest.importorskip("dynamic_network_architectures")
+    dataset_dir = make_dataset("onenet_heart", tmp_path / "data")
+    nnunet = {"network_name": "plainconvunet", "network_def#features": 4}
+    run(workflow("onenet_heart", "train", tmp_path, dataset_dir, **nnunet))
+    weights = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
+    assert weights["net.encoder.stages.0.0.convs.0.conv.weight"].shape[0] == 4
+    run(workflow("onenet_heart", "eval", tmp_path, dataset_dir, **nnunet))
+    assert 0 <= json.loads((tmp_path / "bundle" / "output" / "metrics.json").read_text())["dice"] <= 1

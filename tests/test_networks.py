@@ -139,7 +139,7 @@ def literal_onenet(net: OneNet, x: torch.Tensor) -> torch.Tensor:
 def test_list_networks_names():
     expected = ["onenet_e4", "onenet_e4_s", "onenet_e5", "onenet_e5_s"]
     expected += ["onenet_ed4", "onenet_ed4_s", "onenet_ed5", "onenet_ed5_s"]
-    expected += CONTEXT_NAMES + BASELINE_NAMES + ["segresnet"]
+    expected += CONTEXT_NAMES + BASELINE_NAMES + ["segresnet", "plainconvunet"]
     assert list_networks() == expected
 
 

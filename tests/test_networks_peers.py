@@ -4,6 +4,7 @@ counts and outputs equal to MONAI's own class, TorchScript, ONNX)."""
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 import torch
@@ -123,3 +124,80 @@ def test_onnx_torchscript_exporter_dynamic_sizes(tmp_path):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_onnx_dynamo_exporter_dynamic_sizes(tmp_path):
     _onnx_round_trip(get_network("segresnet", 3, 4).eval(), tmp_path, dynamo=True)
+
+
+# ---------------------------------------------------------------- nnU-Net's 2D PlainConvUNet (optional package)
+
+# nnU-Net's default 2D plans for a 256 x 256 task, as its plans file writes them (arch_kwargs of the 2d
+# configuration): the registry's defaults must build exactly this network
+NNUNET_2D_PLANS = {
+    "n_stages": 7,
+    "features_per_stage": [32, 64, 128, 256, 512, 512, 512],
+    "kernel_sizes": [[3, 3]] * 7,
+    "strides": [[1, 1]] + [[2, 2]] * 6,
+    "n_conv_per_stage": [2] * 7,
+    "n_conv_per_stage_decoder": [2] * 6,
+    "conv_bias": True,
+    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+    "nonlin_kwargs": {"inplace": True},
+}
+
+
+def _nnunet_reference(in_channels: int, out_channels: int) -> torch.nn.Module:
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    return unet.PlainConvUNet(
+        in_channels,
+        conv_op=torch.nn.Conv2d,
+        norm_op=torch.nn.InstanceNorm2d,
+        nonlin=torch.nn.LeakyReLU,
+        num_classes=out_channels,
+        **NNUNET_2D_PLANS,
+    )
+
+
+def test_plainconvunet_is_nnunets_default_2d_network():
+    """33.5 M parameters for in 3 / out 4 (the issue's table) and the logits of the network built from nnU-Net's
+    plans on the zero-padded input (padding to a multiple of 64, cropped back)."""
+    ref = _nnunet_reference(3, 4).eval()
+    torch.manual_seed(0)
+    net = get_network("plainconvunet", 3, 4).eval()
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref.parameters()) == 33_475_416
+    ref.load_state_dict(net.net.state_dict())
+    x = torch.randn(1, 3, 130, 70)
+    with torch.no_grad():
+        expected = ref(F.pad(x, [0, 128 - 70, 0, 192 - 130]))[:, :, :130, :70]
+        torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@parameterized.expand([((1, 3, 64, 64), (1, 3, 128, 64)), ((2, 3, 20, 130), (2, 3, 128, 192))])
+def test_plainconvunet_small_inputs_keep_a_deepest_map_of_two_pixels(shape, padded):
+    """Inputs up to 64 rows are padded to 128 (a 2 x 1 map at the 7th stage), the rest as PaddedNet does."""
+    ref = _nnunet_reference(3, 4).eval()
+    net = get_network("plainconvunet", 3, 4).eval()
+    ref.load_state_dict(net.net.state_dict())
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = ref(F.pad(x, [0, padded[3] - shape[3], 0, padded[2] - shape[2]]))[:, :, : shape[2], : shape[3]]
+        torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@parameterized.expand([(16, 4, [16, 32, 64, 128, 256]), (8, 3, [8, 16, 32])])
+def test_plainconvunet_width_and_stages(features, stages, widths):
+    pytest.importorskip("dynamic_network_architectures")
+    net = get_network("plainconvunet", 1, 2, features=features, n_stages=stages)
+    assert net.multiple == 2 ** (stages - 1)
+    assert list(net.net.encoder.output_channels) == [min(w, 16 * features) for w in widths[:stages]]
+    over = network_overrides("plainconvunet", features)
+    assert over == {"network_name": "plainconvunet", "network_def#features": features}
+
+
+def test_plainconvunet_without_its_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dynamic_network_architectures.architectures.unet", None)
+    with pytest.raises(ImportError, match="pip install --no-deps dynamic-network-architectures"):
+        get_network("plainconvunet", 1, 2)
+
+
+@parameterized.expand([("n_stages_1", {"n_stages": 1}, "n_stages"), ("features_0", {"features": 0}, "features")])
+def test_plainconvunet_bad_arguments(_, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        get_network("plainconvunet", 1, 2, **kwargs)

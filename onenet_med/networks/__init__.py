@@ -16,6 +16,8 @@ resnet34_unet           MONAI FlexibleUNet, ResNet34 encoder, from scratch
 resnet50_unet           MONAI FlexibleUNet, ResNet50 encoder, from scratch
 basicunet               MONAI BasicUNet (its defaults)
 segresnet               MONAI SegResNet in 2D (its defaults; ``init_filters`` = width, 8)
+plainconvunet           nnU-Net's 2D PlainConvUNet as its default plans build it (``features`` = width, 32;
+                        optional package: ``pip install --no-deps dynamic-network-architectures``)
 ======================  =============================================================================
 
 ``overrides`` are keyword arguments of the network's constructor (e.g. ``features=16`` for a small OneNet,
@@ -32,7 +34,7 @@ from onenet_med.networks.blocks import ChannelDense, OneNetDownBlock, OneNetUpBl
 from onenet_med.networks.context import AxialContext
 from onenet_med.networks.onenet import OneNet
 from onenet_med.networks.optimize import optimize_for_inference, register_inference_converter
-from onenet_med.networks.peers import segresnet
+from onenet_med.networks.peers import plainconvunet, segresnet
 from onenet_med.networks.unet import PaddedNet, ResNetUNet, UNet, basic_unet
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "optimize_for_inference",
     "register_inference_converter",
     "segresnet",
+    "plainconvunet",
 ]
 
 _REGISTRY: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -73,6 +76,7 @@ _REGISTRY.update(
         "resnet50_unet": (ResNetUNet, {"backbone": "resnet50"}),
         "basicunet": (basic_unet, {}),
         "segresnet": (segresnet, {}),
+        "plainconvunet": (plainconvunet, {}),
     }
 )
 
