@@ -300,6 +300,11 @@ DOC_COMMANDS: list[Entry] = [
         append="--width 4 --shape 1 3 32 32 --threads 1 --repeats 1 --warmup 0 --calibration-slices 2",
     ),
     Entry(
+        r"^python scripts/tta_uncertainty\.py\b",
+        "the tiny demo training above; one held-out case",
+        append="--max-cases 1",
+    ),
+    Entry(
         r"^python scripts/bench_onnx\.py dice\b",
         "tiny benchmark (the tiny demo training above)",
         append=f"--calibration-slices {TINY_CALIBRATION}",
