@@ -323,6 +323,10 @@ def agreement_statistics(rows: Sequence[Mapping[str, Any]], class_names: Sequenc
     return stats
 
 
+def _number(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "n/a"
+
+
 def _plot_agreement(name: str, s: Mapping[str, Any], path: str) -> str:
     from onenet_med.report.plots import _pyplot, _save
 
@@ -342,14 +346,18 @@ def _plot_agreement(name: str, s: Mapping[str, Any], path: str) -> str:
     ba.set_ylabel("predicted - reference (mL)")
     ba.set_title(f"{name}: Bland-Altman (n = {s['n']})")
     ba.legend(fontsize=8, loc="best")
-    sc.scatter(r, p, s=18, color="tab:green")
+    sc.scatter(r, p, s=18, color="tab:green", zorder=3, label="cases")
     if len(p):
         lo, hi = float(min(p.min(), r.min())), float(max(p.max(), r.max()))
+        margin = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)  # keep the points off the frame
+        lo, hi = lo - margin, hi + margin
         sc.plot([lo, hi], [lo, hi], color="grey", linewidth=1, linestyle=":", label="identity")
-        sc.legend(fontsize=8, loc="upper left")
+        sc.set_xlim(lo, hi)
+        sc.set_ylim(lo, hi)
+        sc.legend(fontsize=8, loc="lower right")
     sc.set_xlabel("reference volume (mL)")
     sc.set_ylabel("predicted volume (mL)")
-    sc.set_title(f"{name}: Pearson r {s['pearson']:.3f}, Spearman rho {s['spearman']:.3f}")
+    sc.set_title(f"{name}: Pearson r {_number(s['pearson'])}, Spearman rho {_number(s['spearman'])}")
     fig.tight_layout()
     return _save(fig, path)
 
