@@ -315,6 +315,18 @@ DOC_COMMANDS: list[Entry] = [
         append="--seeds 0 --steps 2",
     ),
     Entry(
+        r"^python scripts/tta_uncertainty\.py$",
+        "the measurement named in the README's table needs a trained demo model: docs/cohort.md runs the full "
+        "command after its tiny demo training",
+        skip=True,
+        docs="README.md",
+    ),
+    Entry(
+        r"^python scripts/tta_uncertainty\.py\b",
+        "the tiny demo training above; one held-out case",
+        append="--max-cases 1",
+    ),
+    Entry(
         r"^python scripts/bench_onnx\.py dice\b",
         "tiny benchmark (the tiny demo training above)",
         append=f"--calibration-slices {TINY_CALIBRATION}",

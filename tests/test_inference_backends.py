@@ -176,3 +176,15 @@ def _plain_torchscript(exported_heart) -> str:
     path = str(exported_heart["out"].parent / "plain.ts")
     torch.jit.script(exported_heart["network"]).save(path)
     return path
+
+
+def test_tta_on_onnxruntime_equals_tta_on_torch(exported_heart):
+    case = exported_heart["case"]
+    expected = _predictor(exported_heart, "torch").predict_volume(case, tta=True, probabilities=True)
+    got = _predictor(exported_heart, "onnxruntime", model=exported_heart["onnx"]).predict_volume(
+        case, tta=True, probabilities=True
+    )
+    assert got.augmentations == expected.augmentations == 4
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-4)
+    np.testing.assert_allclose(got.uncertainty, expected.uncertainty, atol=1e-3)
+    np.testing.assert_allclose(got.disagreement, expected.disagreement, atol=1e-3)

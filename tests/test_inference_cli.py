@@ -180,3 +180,111 @@ def test_entry_point_exit_code(tmp_path, cases, subprocess_env):
     assert run.returncode == 1, run.stderr
     assert "b.nii.gz" in run.stderr and (tmp_path / "out" / "a_seg.nii.gz").exists()
     assert "cases" in run.stderr  # progress bar over cases
+
+
+def _read_csv(path) -> list[dict[str, str]]:
+    """volumes.csv as pandas reads it when installed (strings, empty cells as ""), else with the csv module."""
+    try:
+        import pandas as pd
+    except ImportError:
+        import csv
+
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return frame.to_dict("records")
+
+
+def test_volumes_csv_one_row_per_case_with_failures(tmp_path, cases):
+    from onenet_med.report.cohort import flag_cases, volume_table_columns
+
+    folder, good, ckpt = cases
+    out = tmp_path / "out"
+    assert _predict(ckpt, folder, "--output", out) == 1
+    rows = _read_csv(out / "volumes.csv")
+    with open(out / "volumes.csv") as f:
+        assert f.readline().rstrip("\n").split(",") == volume_table_columns(["background", "left atrium"], False)
+    assert [r["case"] for r in rows] == ["a", "b", "c"]  # input order, one row per case
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "b.nii.gz" in rows[1]["error"] and "unreadable or corrupt" in rows[1]["error"]
+    assert rows[1]["flag"] == "failed" and rows[1]["volume_ml_left atrium"] == ""
+    for row, src in zip((rows[0], rows[2]), good):
+        record = json.loads((out / f"{row['case']}_seg.json").read_text())
+        assert row["input"] == src and int(row["slices"]) == record["slices"] and row["error"] == ""
+        assert float(row["volume_ml_left atrium"]) == pytest.approx(record["volume_ml"]["left atrium"], rel=1e-5)
+        assert float(row["uncertainty"]) == pytest.approx(record["uncertainty"], abs=1e-6)
+        assert 0 < float(row["uncertainty"]) < 1 and row["augmentations"] == "1" and row["disagreement"] == ""
+        assert len(record["slice_uncertainty"]) == nib.load(src).shape[record["slice_axis"]]
+    flags, z = flag_cases([float(rows[0]["uncertainty"]), float(rows[2]["uncertainty"])])
+    assert [rows[0]["flag"], rows[2]["flag"]] == flags
+    np.testing.assert_allclose([float(rows[0]["robust_z"]), float(rows[2]["robust_z"])], z, atol=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["volumes_csv"] == str(out / "volumes.csv") and summary["flagged"] == []
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary file left behind
+
+
+def test_tta_uncertainty_map_and_labels_agreement(tmp_path, cases):
+    folder, good, ckpt = cases
+    first = tmp_path / "first"
+    assert _predict(ckpt, *good, "--output", first, "--tta") == 0
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "a.nii.gz").write_bytes((first / "a_seg.nii.gz").read_bytes())  # reference = the prediction: Dice 1
+    ref_c = nib.load(good[1])
+    nib.save(nib.Nifti1Image(np.zeros(ref_c.shape, np.uint8), ref_c.affine), labels / "c.nii.gz")  # empty reference
+    out = tmp_path / "out"
+    assert _predict(ckpt, *good, "--output", out, "--tta", "--save-uncertainty", "--labels", labels) == 0
+    rows = {r["case"]: r for r in _read_csv(out / "volumes.csv")}
+    a, c = rows["a"], rows["c"]
+    assert a["augmentations"] == c["augmentations"] == "4" and float(a["disagreement"]) >= 0
+    assert a["reference"] == str(labels / "a.nii.gz") and float(a["dice_left atrium"]) == 1.0
+    assert float(a["difference_ml_left atrium"]) == 0.0
+    assert float(a["reference_ml_left atrium"]) == pytest.approx(float(a["volume_ml_left atrium"]), rel=1e-5)
+    assert float(c["dice_left atrium"]) == 0.0 and float(c["reference_ml_left atrium"]) == 0.0
+    assert float(c["difference_ml_left atrium"]) == pytest.approx(float(c["volume_ml_left atrium"]), rel=1e-5)
+    for src in good:
+        stem = os.path.basename(src)[: -len(".nii.gz")]
+        unc = nib.load(out / f"{stem}_uncertainty.nii.gz")
+        assert unc.shape == nib.load(src).shape and unc.get_data_dtype() == np.float32
+        np.testing.assert_array_equal(unc.get_sform(), nib.load(src).get_sform())
+        values = np.asarray(unc.dataobj)
+        assert values.min() >= 0 and values.max() <= 1
+        seg = np.asarray(nib.load(out / f"{stem}_seg.nii.gz").dataobj)
+        assert float(rows[stem]["uncertainty"]) == pytest.approx(float(values[seg > 0].mean()), abs=1e-5)
+    text = (out / "agreement.md").read_text()
+    assert "| left atrium | 2 |" in text and "(agreement_left_atrium.png)" in text
+    assert (out / "agreement_left_atrium.png").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    stats = summary["agreement"]["statistics"]["left atrium"]
+    differences = [float(r["difference_ml_left atrium"]) for r in (a, c)]
+    assert stats["n"] == 2 and stats["bias"] == pytest.approx(np.mean(differences), rel=1e-5)
+    assert stats["sd"] == pytest.approx(np.std(differences, ddof=1), rel=1e-5)
+
+
+def test_labels_from_a_dataset_json_and_missing_labels(tmp_path, capsys):
+    from onenet_med.report.cohort import case_agreement
+
+    task = make_msd_task(tmp_path / "msd", "heart", n_train=2, n_test=1, shape=(20, 24, 6))
+    ckpt, _ = save_checkpoint(tmp_path / "model.pt", "heart", spread_on=task / "imagesTr" / "case_000.nii.gz")
+    out = tmp_path / "out"
+    inputs = [task / "imagesTr", task / "imagesTs"]
+    assert _predict(ckpt, *inputs, "--output", out, "--labels", task / "dataset.json") == 0
+    rows = {r["case"]: r for r in _read_csv(out / "volumes.csv")}
+    for case in ("case_000", "case_001"):
+        label = task / "labelsTr" / f"{case}.nii.gz"
+        assert rows[case]["reference"] == str(label) and rows[case]["agreement_error"] == ""
+        seg = np.asarray(nib.load(out / f"{case}_seg.nii.gz").dataobj)
+        ref = nib.load(label)
+        expected = case_agreement(
+            seg,
+            np.asarray(ref.dataobj).astype(np.int64),
+            abs(np.linalg.det(ref.affine[:3, :3])) / 1000,
+            ["background", "left atrium"],
+        )
+        assert float(rows[case]["dice_left atrium"]) == pytest.approx(expected["left atrium"]["dice"], abs=1e-6)
+    test_case = next(name for name in rows if name not in ("case_000", "case_001"))
+    assert rows[test_case]["reference"] == "" and "no reference label" in rows[test_case]["agreement_error"]
+    assert "| left atrium | 2 |" in (out / "agreement.md").read_text()
+    assert _predict(ckpt, *inputs, "--output", out, "--labels", tmp_path / "nothere") == 2
+    assert "nothere" in capsys.readouterr().err
+    assert _predict(ckpt, *inputs, "--output", out, "--outlier-z", "0") == 2

@@ -400,3 +400,117 @@ def test_compile_switch_equals_eager(tmp_path, heart_case):
     b = compiled.predict_volume(image, probabilities=True)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+
+
+class _Conv(nn.Module):
+    """A 3x3 convolution from the first channel to K logits, fixed weights: flip-equivariant when the kernels are
+    symmetric under both in-plane flips, not otherwise."""
+
+    def __init__(self, symmetric: bool, classes: int = 2):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        w = torch.randn(classes, 1, 3, 3, generator=g)
+        if symmetric:
+            w = (w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4
+        self.conv = nn.Conv2d(1, classes, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(w)
+            self.conv.bias.copy_(torch.linspace(-0.2, 0.2, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x[:, :1])
+
+
+def _conv_predictor(symmetric: bool) -> Predictor:
+    parser = load_bundle_config(BUNDLES / "onenet_heart")
+    pre = parser.get_parsed_content("preprocessing")
+    return Predictor(_Conv(symmetric), pre, get_task("heart"), device="cpu", optimize=False, batch_slices=2)
+
+
+def _symmetric_volume(shape=(32, 32, 5)) -> np.ndarray:
+    """Positive values, identical under flips of the first two axes (32 x 32: no padding to break the symmetry)."""
+    v = make_volume(shape, seed=4) + 0.1
+    return (v + v[::-1] + v[:, ::-1] + v[::-1, ::-1]) / 4
+
+
+def test_tta_of_a_flip_invariant_input_is_the_plain_prediction(tmp_path):
+    src = save_nifti(tmp_path / "sym.nii.gz", _symmetric_volume(), RAS)
+    predictor = _conv_predictor(symmetric=True)
+    plain = predictor.predict_volume(src, probabilities=True, uncertainty=True)
+    tta = predictor.predict_volume(src, probabilities=True, tta=True)
+    assert 0.05 < plain.labels.mean() < 0.95 and plain.augmentations == 1 and tta.augmentations == 4
+    np.testing.assert_array_equal(tta.labels, plain.labels)
+    np.testing.assert_allclose(tta.probabilities, plain.probabilities, atol=1e-6)
+    np.testing.assert_allclose(tta.uncertainty, plain.uncertainty, atol=1e-5)
+    assert plain.disagreement is None and float(np.abs(tta.disagreement).max()) < 1e-5
+
+
+def test_tta_averages_the_flipped_passes_flipped_back(tmp_path):
+    """Reference formulation: the preprocessed slices through the network with torch.flip, softmax, flipped back,
+    averaged; an asymmetric network so that a missing flip-back or a wrong axis changes the result."""
+    volume = make_volume((32, 32, 5), seed=5) + 0.1
+    src = save_nifti(tmp_path / "v.nii.gz", volume, RAS)
+    predictor = _conv_predictor(symmetric=False)
+    tta = predictor.predict_volume(src, probabilities=True, tta=True)
+    x = predictor.preprocessing({"image": src})["image"].as_tensor()  # (1, 32, 32, 5), RAS = the file's order
+    slices = x.permute(3, 0, 1, 2)  # (D, C, H, W)
+    passes = []
+    with torch.no_grad():
+        for dims in ([], [2], [3], [2, 3]):
+            flipped = slices.flip(dims) if dims else slices
+            probs = torch.softmax(predictor.network(flipped), dim=1)
+            passes.append(probs.flip(dims) if dims else probs)
+    stacked = torch.stack(passes)  # (4, D, K, H, W)
+    mean = stacked.mean(0).permute(1, 2, 3, 0).numpy()  # (K, H, W, D)
+    np.testing.assert_allclose(tta.probabilities, mean, atol=1e-5)
+    entropy = -(mean * np.log(mean)).sum(0) / np.log(2)
+    np.testing.assert_allclose(tta.uncertainty, entropy, atol=1e-5)
+    mean_entropy = (-(stacked * stacked.log()).sum(2) / np.log(2)).mean(0).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(tta.disagreement, entropy - mean_entropy, atol=1e-5)
+    assert float(tta.disagreement.max()) > 1e-3  # the passes do disagree: the test can tell flips apart
+    plain = predictor.predict_volume(src, probabilities=True)
+    assert float(np.abs(plain.probabilities - tta.probabilities).max()) > 1e-3
+
+
+@pytest.mark.parametrize("name,affine,shape", GEOMETRIES[:3], ids=[g[0] for g in GEOMETRIES[:3]])
+def test_uncertainty_map_and_summaries_in_the_input_geometry(tmp_path, name, affine, shape):
+    src = save_nifti(tmp_path / f"{name}.nii.gz", make_volume(shape, seed=2), affine)
+    predictor = _threshold_predictor()
+    result = predictor.predict_volume(src, uncertainty=True, probabilities=True)
+    p = result.probabilities
+    entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(0) / np.log(2)  # what the map should hold, voxel by voxel
+    assert result.uncertainty.shape == result.labels.shape == shape
+    np.testing.assert_allclose(result.uncertainty, entropy, atol=1e-5)
+    axis = result.slice_axis
+    assert shape[axis] == result.slices  # the input axis the network sliced along
+    foreground = np.moveaxis(result.labels > 0, axis, 0)
+    per_slice = [e[f].mean() if f.any() else np.nan for e, f in zip(np.moveaxis(entropy, axis, 0), foreground)]
+    assert np.isfinite(per_slice).sum() >= 2  # slices with foreground to compare
+    np.testing.assert_allclose(result.slice_uncertainty, per_slice, atol=1e-6)
+    assert result.case_uncertainty == pytest.approx(float(entropy[result.labels > 0].mean()), abs=1e-6)
+    meta = result.to_dict()
+    assert meta["augmentations"] == 1 and json.loads(json.dumps(meta, allow_nan=False))["slice_uncertainty"] == [
+        None if np.isnan(u) else pytest.approx(u, abs=1e-5) for u in per_slice
+    ]
+    out = predictor.save_map(result, result.uncertainty, tmp_path / "out" / output_name(src, "uncertainty"))
+    written = nib.load(out)
+    np.testing.assert_array_equal(written.get_sform(), nib.load(src).get_sform())
+    np.testing.assert_allclose(np.asarray(written.dataobj), result.uncertainty)
+    with pytest.raises(ValueError, match="no such map"):
+        predictor.save_map(predictor.predict_volume(src), None, tmp_path / "x.nii.gz")
+
+
+@pytest.mark.parametrize(
+    "probabilities,expected",
+    [
+        ([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]),  # certain
+        ([[0.5], [0.5]], [1.0]),  # both classes equally likely
+        ([[0.25], [0.25], [0.25], [0.25]], [1.0]),
+        ([[0.9], [0.1]], [-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)) / np.log(2)]),  # 0.4690
+    ],
+)
+def test_normalised_entropy(probabilities, expected):
+    from onenet_med.inference.predictor import normalised_entropy
+
+    got = normalised_entropy(torch.tensor(probabilities))
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 NOTEBOOKS = os.path.join(REPO_ROOT, "notebooks")
-NAMES = ["01_quickstart", "02_compare_models", "03_slicewise_inference"]
+NAMES = ["01_quickstart", "02_compare_models", "03_slicewise_inference", "04_cohort_volumetry"]
 
 
 def test_notebooks_are_committed_without_outputs_and_predict_through_the_api():

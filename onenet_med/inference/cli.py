@@ -2,9 +2,13 @@
 or an MSD dataset.json's test list) and write one label volume per input in the input's exact geometry.
 
 Per input ``<stem>``: ``<stem>_seg.<ext>`` (uint8 labels), ``<stem>_seg.json`` (volume in mL per class, slices,
-seconds), optionally ``<stem>_prob.<ext>`` (float32 probabilities, channels last) and ``<stem>_overlay_*.png``;
-``summary.json`` for the run. A failing input (missing, corrupt, wrong channel count, existing output without
-``--overwrite``) is reported and skipped; the exit code is 1 when any input failed.
+seconds, uncertainty per case and per slice), optionally ``<stem>_prob.<ext>`` (float32 probabilities, channels
+last), ``<stem>_uncertainty.<ext>`` (float32 normalised entropy, --save-uncertainty) and ``<stem>_overlay_*.png``.
+For the run: ``summary.json`` and ``volumes.csv`` (one row per case, failed ones with their error: volumes, quality
+score ``uncertainty``, its robust z-score in the cohort and a flag); with ``--labels`` also Dice and volume
+differences per class in the CSV and ``agreement.md`` with Bland-Altman and scatter plots per class. A failing input
+(missing, corrupt, wrong channel count, existing output without ``--overwrite``) is reported and skipped; the exit
+code is 1 when any input failed.
 """
 
 from __future__ import annotations
@@ -48,6 +52,31 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--save-probabilities", action="store_true", help="also write <stem>_prob (K channels, float32)")
     p.add_argument("--overlays", type=int, default=0, metavar="N", help="write PNGs of N slices with the prediction")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation: mean probabilities of the volume and its in-plane flips (4 passes); "
+        "adds the disagreement between passes",
+    )
+    p.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write <stem>_uncertainty (float32 normalised predictive entropy in [0, 1], input geometry)",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        metavar="DIR|dataset.json",
+        help="reference labels: a folder of files named like the images, or an MSD dataset.json with labels; adds "
+        "Dice and volume differences to volumes.csv and writes agreement.md (Bland-Altman, scatter per class)",
+    )
+    p.add_argument(
+        "--outlier-z",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="flag cases whose quality score's robust z-score in the cohort exceeds Z (default 3.5)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument(
         "--batch-slices",
@@ -130,6 +159,8 @@ def _outputs(path: str, out_dir: str, args: argparse.Namespace) -> dict[str, str
     }
     if args.save_probabilities:
         outs["probabilities"] = os.path.join(out_dir, output_name(path, "prob"))
+    if args.save_uncertainty:
+        outs["uncertainty"] = os.path.join(out_dir, output_name(path, "uncertainty"))
     return outs
 
 
@@ -147,11 +178,23 @@ def run(args: argparse.Namespace) -> int:
     from onenet_med.engine.atomic import atomic_write_text
     from onenet_med.inference.overlays import save_overlays
     from onenet_med.inference.predictor import Predictor
+    from onenet_med.report.cohort import (
+        OUTLIER_Z,
+        json_safe,
+        reference_labels,
+        volume_table_columns,
+        write_agreement_report,
+        write_volume_table,
+    )
 
     start = time.perf_counter()
     try:
         if args.overlays < 0:
             raise ValueError(f"--overlays must be >= 0, got {args.overlays}")
+        outlier_z = OUTLIER_Z if args.outlier_z is None else args.outlier_z
+        if not outlier_z > 0:
+            raise ValueError(f"--outlier-z must be > 0, got {args.outlier_z}")
+        labels = reference_labels(args.labels) if args.labels else None
         overrides = parse_overrides(args.override)
         files = expand_inputs(args.inputs)
         if not files:
@@ -196,10 +239,16 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             result = predictor.predict_volume(
-                path, probabilities=args.save_probabilities, return_image=args.overlays > 0
+                path,
+                probabilities=args.save_probabilities,
+                return_image=args.overlays > 0,
+                tta=args.tta,
+                uncertainty=True,
             )
             t = time.perf_counter()
             predictor.save(result, outs["labels"], outs.get("probabilities"))
+            if args.save_uncertainty:
+                predictor.save_map(result, result.uncertainty, outs["uncertainty"])
             if args.overlays:
                 outs["overlays"] = save_overlays(
                     result.image,
@@ -219,7 +268,9 @@ def run(args: argparse.Namespace) -> int:
                 "backend": predictor.backend,
                 "device": str(predictor.device),
             }
-            atomic_write_text(outs["json"], json.dumps(record, indent=2) + "\n")
+            if labels is not None:
+                record["agreement"] = _agreement(result, labels, args.labels, predictor.spec.class_names)
+            atomic_write_text(outs["json"], json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
             done.append(record)
         except Exception as error:  # one bad input must not stop the others
             message = str(error) if path in str(error) else f"{path}: {type(error).__name__}: {error}"
@@ -244,9 +295,81 @@ def run(args: argparse.Namespace) -> int:
             for r in done
         ],
     }
-    atomic_write_text(os.path.join(args.output, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    _print_summary(summary, predictor.spec.class_names)
+    class_names = list(predictor.spec.class_names)
+    rows = _table_rows(plans, done, failed, class_names, outlier_z)
+    summary["volumes_csv"] = write_volume_table(
+        os.path.join(args.output, "volumes.csv"), rows, volume_table_columns(class_names, labels is not None)
+    )
+    summary["flagged"] = [r["input"] for r in rows if r["flag"] in ("outlier", "empty")]
+    summary["outlier_z"] = outlier_z
+    if labels is not None:
+        with_reference = [r for r in rows if r["status"] == "ok" and r.get("reference")]
+        title = f"{predictor.name} ({predictor.checkpoint}), reference labels {args.labels}"
+        report = write_agreement_report(args.output, with_reference, class_names, title=title)
+        summary["agreement"] = {"report": report["report"], "statistics": report["statistics"]}
+    text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
+    atomic_write_text(os.path.join(args.output, "summary.json"), text + "\n")
+    _print_summary(summary, class_names)
     return 1 if failed else 0
+
+
+def _agreement(result, labels: dict[str, str], source: str, class_names) -> dict[str, Any]:
+    """Dice and volume differences against the case's reference label, or the reason there is none."""
+    from onenet_med.report.cohort import case_agreement, label_for, read_label_map
+
+    path = label_for(labels, result.source)
+    if path is None:
+        return {"reference": None, "error": f"{result.source}: no reference label in {source}"}
+    try:
+        reference = read_label_map(path, result.labels.shape, len(class_names))
+    except (OSError, ValueError, RuntimeError) as error:
+        return {"reference": path, "error": str(error) if path in str(error) else f"{path}: {error}"}
+    return {"reference": path, "classes": case_agreement(result.labels, reference, result.voxel_volume_ml, class_names)}
+
+
+def _case_id(path: str) -> str:
+    from onenet_med.bundle.inputs import output_name
+
+    return output_name(path, "", "")[:-1]  # "<stem>_" -> "<stem>"
+
+
+def _table_rows(plans, done, failed, class_names, outlier_z: float) -> list[dict[str, Any]]:
+    """volumes.csv rows in input order: succeeded cases (volumes, score, z, flag), failed ones with their error."""
+    from onenet_med.report.cohort import flag_cases
+
+    flags, z = flag_cases([r.get("uncertainty") for r in done], outlier_z)
+    by_input: dict[str, dict[str, Any]] = {}
+    for record, flag, zi in zip(done, flags, z):
+        row = {
+            "case": _case_id(record["input"]),
+            "input": record["input"],
+            "status": "ok",
+            "slices": record["slices"],
+            "seconds": record["seconds"]["total"],
+            **{f"volume_ml_{name}": record["volume_ml"][name] for name in class_names[1:]},
+            "augmentations": record.get("augmentations"),
+            "uncertainty": record.get("uncertainty"),
+            "disagreement": record.get("disagreement"),
+            "robust_z": float(zi),
+            "flag": flag,
+        }
+        record["robust_z"], record["flag"] = row["robust_z"], flag
+        agreement = record.get("agreement")
+        if agreement is not None:
+            row["reference"] = agreement["reference"]
+            row["agreement_error"] = agreement.get("error")
+            for name, values in agreement.get("classes", {}).items():
+                row.update({f"{key}_{name}": value for key, value in values.items()})
+        by_input[record["input"]] = row
+    for failure in failed:
+        by_input[failure["input"]] = {
+            "case": _case_id(failure["input"]),
+            "input": failure["input"],
+            "status": "failed",
+            "error": failure["error"],
+            "flag": "failed",
+        }
+    return [by_input[path] for path, _ in plans if path in by_input]
 
 
 def _print_summary(summary: dict[str, Any], class_names) -> None:

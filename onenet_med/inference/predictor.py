@@ -26,6 +26,16 @@ What happens to one volume (each step is the bundle's own, so results equal ``mo
    (flips, crops and pads only move voxels), so the uint8 label map is inverted instead of the float
    probabilities (the result is identical, at a fraction of the cost); with a resize the probabilities are
    inverted (bilinear) and then argmax'ed, as the bundle's ``postprocessing`` does.
+
+Uncertainty (``uncertainty=True``, or ``tta=True``): the voxel-wise predictive entropy of the softmax
+probabilities, normalised by log K (0 = one class certain, 1 = all classes equally likely), inverted with the
+labels; ``PredictionResult`` summarises it per case and per slice as its mean over the voxels predicted as
+foreground (:func:`normalised_entropy`; the background far from any structure says little about a segmentation,
+and a model trained with a down-weighted background may be unsure there without being wrong anywhere). Flip test-time
+augmentation (``tta=True``): the volume is flipped along each in-plane axis and both (MONAI ``Flip``, 4 passes of
+the slice inferer), the probabilities flipped back and averaged; the entropy of that mean is the uncertainty, and
+its part that comes from the passes disagreeing (mutual information, entropy of the mean minus the mean entropy) is
+``disagreement``. Only the forward pass's inputs change, so TTA runs on every backend.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from onenet_med.inference.writers import AtomicNibabelWriter, is_nifti, write_li
 __all__ = [
     "AXES",
     "argmax_channels",
+    "normalised_entropy",
     "PredictionResult",
     "Predictor",
     "CPU_BATCH_SLICES",
@@ -83,6 +94,10 @@ class PredictionResult:
         probabilities: (K, X, Y, Z) float32 softmax probabilities (summing to 1 per voxel), when asked for.
         image: (X, Y, Z) first image channel after intensity normalisation, when asked for (overlays).
         source: the input file, or ``None`` for arrays.
+        uncertainty: (X, Y, Z) float32 normalised predictive entropy in [0, 1] (:func:`normalised_entropy`), when
+            asked for or with TTA; 0 where the preprocessing cropped the input away.
+        disagreement: (X, Y, Z) float32 normalised mutual information between the TTA passes (TTA only).
+        augmentations: forward passes averaged (1 without TTA, 4 with flip TTA).
     """
 
     labels: np.ndarray
@@ -95,6 +110,9 @@ class PredictionResult:
     probabilities: np.ndarray | None = None
     image: np.ndarray | None = None
     source: str | None = None
+    uncertainty: np.ndarray | None = None
+    disagreement: np.ndarray | None = None
+    augmentations: int = 1
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -112,6 +130,47 @@ class PredictionResult:
         """Volume per class name in mL."""
         return {name: n * self.voxel_volume_ml for name, n in self.voxels.items()}
 
+    @property
+    def slice_axis(self) -> int:
+        """Axis of ``labels`` (the input's voxel order) along which the network's slices were cut (``axis`` is the
+        RAS axis; the input's voxel axes may be permuted)."""
+        import nibabel as nib
+
+        orientation = nib.orientations.io_orientation(np.asarray(self.affine, dtype=np.float64))
+        return int(np.flatnonzero(orientation[:, 0] == self.axis)[0])
+
+    @property
+    def slice_uncertainty(self) -> list[float] | None:
+        """Per slice (index along :attr:`slice_axis`, the input's voxel order): mean normalised entropy over the
+        slice's voxels predicted as foreground, NaN for a slice without any (the case score, slice by slice)."""
+        if self.uncertainty is None:
+            return None
+        return _slice_foreground_means(self.uncertainty, self.labels > 0, self.slice_axis)
+
+    @property
+    def case_uncertainty(self) -> float | None:
+        """The case's quality score: mean normalised entropy over the voxels predicted as foreground (NaN when no
+        voxel is), ``None`` without an uncertainty map. See :func:`foreground_mean`."""
+        return foreground_mean(self.uncertainty, self.labels)
+
+    @property
+    def case_disagreement(self) -> float | None:
+        """Mean normalised mutual information of the TTA passes over the predicted foreground (TTA only)."""
+        return foreground_mean(self.disagreement, self.labels)
+
+    def uncertainty_dict(self) -> dict[str, Any]:
+        """JSON-friendly uncertainty summary: ``augmentations``, ``uncertainty`` (case score), ``disagreement``,
+        ``slice_axis`` and ``slice_uncertainty`` (empty without an uncertainty map)."""
+        if self.uncertainty is None:
+            return {}
+        return {
+            "augmentations": self.augmentations,
+            "uncertainty": _finite_or_none(self.case_uncertainty),
+            "disagreement": _finite_or_none(self.case_disagreement),
+            "slice_axis": self.slice_axis,
+            "slice_uncertainty": [_finite_or_none(round(u, 6)) for u in self.slice_uncertainty],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly metadata (everything but the arrays)."""
         return {
@@ -125,6 +184,7 @@ class PredictionResult:
             "voxels": self.voxels,
             "volume_ml": self.volume_ml,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            **self.uncertainty_dict(),
         }
 
 
@@ -353,6 +413,8 @@ class Predictor:
         probabilities: bool = False,
         return_image: bool = False,
         channel_dim: int | None = None,
+        tta: bool = False,
+        uncertainty: bool = False,
     ) -> PredictionResult:
         """Predict one volume.
 
@@ -363,6 +425,9 @@ class Predictor:
             probabilities: also return the softmax probabilities (K, X, Y, Z), inverted to the input geometry.
             return_image: also return the normalised first image channel in the input geometry (overlays).
             channel_dim: channel axis of a 4D array (default -1); ignored for files.
+            tta: flip test-time augmentation (:meth:`tta_flips`): mean probabilities of 4 passes; implies
+                ``uncertainty`` and also returns ``disagreement``.
+            uncertainty: also return the normalised predictive entropy map (see the module docstring).
 
         Raises:
             FileNotFoundError: no such file.
@@ -404,9 +469,14 @@ class Predictor:
 
         t = time.perf_counter()
         x = img.as_tensor().to(self.device, non_blocking=True)[None]
+        flips = self.tta_flips() if tta else [()]
+        maps: dict[str, torch.Tensor] = {}
         # not inference_mode: MONAI's inverse works in place on what comes out
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
-            logits = self.inferer()(x, self.forward)[0].float()  # (K, H, W, D)
+            if len(flips) == 1 and not uncertainty:
+                scores = self.inferer()(x, self.forward)[0].float()  # (K, H, W, D) logits
+            else:
+                scores, maps = self._averaged_probabilities(x, flips)  # (K, H, W, D) mean probabilities
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds["inference"] = time.perf_counter() - t
@@ -415,12 +485,15 @@ class Predictor:
         keep_probs = probabilities or self.resamples
         inputs: dict[str, Any] = {"image": img}
         if keep_probs:
-            pred = torch.softmax(logits, dim=0)
+            pred = scores if maps else torch.softmax(scores, dim=0)
         else:
-            pred = argmax_channels(logits)[None]
-        del logits, x
+            pred = argmax_channels(scores)[None]
+        del scores, x
         inputs["pred"] = MetaTensor(pred.cpu())  # Invertd takes the transforms to undo from "image"
         keys = ["pred"]
+        for key, value in maps.items():  # (1, H, W, D) maps, inverted like the prediction
+            inputs[key] = MetaTensor(value[None].cpu())
+            keys.append(key)
         if return_image:
             inputs["overlay"] = MetaTensor(img.as_tensor()[:1])
             keys.append("overlay")
@@ -454,7 +527,43 @@ class Predictor:
             probabilities=probs.numpy() if probabilities and probs is not None else None,
             image=inverted["overlay"][0].numpy() if return_image else None,
             source=source,
+            uncertainty=_inverted_map(inverted, "uncertainty"),
+            disagreement=_inverted_map(inverted, "disagreement"),
+            augmentations=len(flips),
         )
+
+    def tta_flips(self) -> list[tuple[int, ...]]:
+        """Flips of flip TTA, as spatial axes of the preprocessed (channel-first) volume: none, each in-plane axis
+        (the two axes other than the slicing axis), both. The bundles train with random flips of both in-plane
+        axes (``RandFlipd``), so each flipped slice is one the network learned to segment."""
+        a, b = (axis for axis in range(3) if axis != self.axis)
+        return [(), (a,), (b,), (a, b)]
+
+    def _averaged_probabilities(
+        self, x: torch.Tensor, flips: list[tuple[int, ...]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Softmax probabilities (K, H, W, D) of ``x`` (1, C, H, W, D) averaged over ``flips`` (MONAI ``Flip`` on
+        the input, the same ``Flip`` again on the output: a flip is its own inverse), and the normalised entropy
+        map (H, W, D), with more than one pass also the normalised mutual information between the passes."""
+        from monai.transforms import Flip
+
+        total: torch.Tensor | None = None
+        entropy_sum: torch.Tensor | None = None
+        for axes in flips:
+            flip = Flip(spatial_axis=list(axes)) if axes else None
+            volume = flip(x[0]).as_tensor()[None] if flip else x  # Flip takes one channel-first volume
+            probs = torch.softmax(self.inferer()(volume, self.forward)[0].float(), dim=0)
+            if flip:
+                probs = _plain_tensor(flip(probs))
+            if len(flips) > 1:
+                entropy = normalised_entropy(probs)
+                entropy_sum = entropy if entropy_sum is None else entropy_sum + entropy
+            total = probs if total is None else total + probs
+        mean = total / len(flips)
+        maps = {"uncertainty": normalised_entropy(mean)}
+        if entropy_sum is not None:
+            maps["disagreement"] = (maps["uncertainty"] - entropy_sum / len(flips)).clamp_min(0)
+        return mean, maps
 
     def settings(self) -> dict[str, Any]:
         """How the network runs: ``backend``, ``batch_slices``, ``optimize``, ``amp``, ``channels_last``, ``compile``,
@@ -508,6 +617,19 @@ class Predictor:
             written.append(self._write(result, np.moveaxis(result.probabilities, 0, -1), probabilities_path))
         return written
 
+    def save_map(self, result: PredictionResult, array: np.ndarray | None, path: str | os.PathLike) -> str:
+        """Write a voxel map of ``result`` (e.g. ``result.uncertainty``, float32) in the input's geometry,
+        atomically, like :meth:`save`.
+
+        Raises:
+            ValueError: no map (predict with ``uncertainty=True``) or another shape than the labels.
+        """
+        if array is None:
+            raise ValueError(f"{path}: the result has no such map: predict with uncertainty=True")
+        if array.shape != result.labels.shape:
+            raise ValueError(f"{path}: map of shape {array.shape}, labels {result.labels.shape}")
+        return self._write(result, array, path)
+
     @staticmethod
     def _write(result: PredictionResult, array: np.ndarray, path: str | os.PathLike) -> str:
         if result.source is not None:
@@ -522,6 +644,46 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy ``-sum_k p_k log p_k / log K`` of (K, ...) probabilities, in [0, 1]: 0 when one class
+    has probability 1, 1 when all K classes are equally likely (``0 log 0 = 0``)."""
+    k = probabilities.shape[0]
+    if k < 2:
+        raise ValueError(f"entropy needs at least 2 classes, got {k}")
+    p = probabilities.float()
+    return -(torch.xlogy(p, p).sum(0) / math.log(k)).clamp(max=1.0)
+
+
+def foreground_mean(values: np.ndarray | None, labels: np.ndarray) -> float | None:
+    """Mean of a voxel map over the voxels labelled foreground (label > 0); NaN when there is none, ``None`` when
+    there is no map."""
+    if values is None:
+        return None
+    foreground = labels > 0
+    return float(values[foreground].mean(dtype=np.float64)) if foreground.any() else math.nan
+
+
+def _slice_foreground_means(values: np.ndarray, foreground: np.ndarray, axis: int) -> list[float]:
+    other = tuple(a for a in range(values.ndim) if a != axis)
+    total = np.where(foreground, values, 0).sum(axis=other, dtype=np.float64)
+    count = foreground.sum(axis=other)
+    return [float(t / n) if n else math.nan for t, n in zip(total, count)]
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _plain_tensor(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _inverted_map(inverted: Mapping[str, Any], key: str) -> np.ndarray | None:
+    if key not in inverted:
+        return None
+    return _plain_tensor(inverted[key])[0].float().numpy()
 
 
 def argmax_channels(x: torch.Tensor) -> torch.Tensor:
