@@ -78,7 +78,7 @@ def test_existing_outputs_need_overwrite(tmp_path, cases, capsys):
     assert _predict(ckpt, good[0], "--output", out) == 1
     assert "output exists" in capsys.readouterr().err and "--overwrite" in (out / "summary.json").read_text()
     assert seg.read_bytes() == b"previous result"
-    assert _predict(ckpt, good[0], "--output", out, "--overwrite") == 0
+    assert _predict(ckpt, good[0], "--out", out, "--overwrite") == 0  # --out as for export
     assert nib.load(seg).shape == (21, 19, 7)
 
 

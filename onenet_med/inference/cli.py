@@ -32,7 +32,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of them, or an MSD dataset.json")
     p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/onenet_heart")
-    p.add_argument("--output", "-o", required=True, help="output folder (created when missing)")
+    p.add_argument(
+        "--output", "--out", "-o", required=True, help="output folder (created when missing; --out as for export)"
+    )
     p.add_argument(
         "--checkpoint",
         default=None,
