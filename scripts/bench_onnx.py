@@ -156,10 +156,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "ort_int8_all": os.path.join(work, "int8_all.onnx"),
     }
     start = time.perf_counter()
-    export_onnx(optimized, files["ort_fp32"], shape[1])
+    export_onnx(optimize_for_inference(net, portable=True), files["ort_fp32"], shape[1])  # as onenet-med export
     quantize_int8(files["ort_fp32"], files["ort_int8"], calibration)  # as onenet-med export: first 2 convs float
     quantize_int8(files["ort_fp32"], files["ort_int8_all"], calibration, float_layers=0)
     variants = {"plain": net} if args.plain else {}
+    if args.fast_path_form:
+        variants["fast_path_form"] = optimized
     if args.no_bn_bound:
         variants["no_bn"] = _without_batchnorm(net)
     for tag, module in variants.items():
@@ -374,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--calibration-slices", type=int, default=16)
     s.add_argument("--profile", action="store_true", help="ORT per-op profile and the int8 graph's op types")
     s.add_argument("--plain", action="store_true", help="also export the network without optimize_for_inference")
+    s.add_argument(
+        "--fast-path-form",
+        action="store_true",
+        help="also export optimize_for_inference's CPU fast-path form (grouped pixel-shuffle channel order: "
+        "Reshape -> 6-D Transpose -> Reshape) instead of the portable one that onenet-med export writes",
+    )
     s.add_argument("--no-bn-bound", action="store_true", help="also the network without BatchNorm (analysis bound)")
     s.add_argument("--workdir", default=None, help="where the ONNX files go (default: a temporary folder)")
     s.add_argument("--json", default=None)
