@@ -198,6 +198,22 @@ def test_fold_across_shuffle_is_exact(_, skip, scales, marker, negative_groups):
     assert (got - expected).abs().max() <= 1e-5 * (1 + expected.abs().max())
 
 
+@parameterized.expand([("onenet_ed4", True), ("onenet_ed5_ctx", True), ("onenet_ed4_s", False)])
+def test_portable_top_stage_runs_per_subpixel(name, grouped):
+    """The portable -C ed decoder's top stage runs before its pixel shuffle: its dense layers as 4-group
+    convolutions, the head block-diagonal, so only the head's ``4 * K`` channels are shuffled; -S keeps its order
+    (a spatial layer reads the shuffled image)."""
+    plain = build(name, out_channels=3)
+    fast = optimize_for_inference(plain, portable=True)
+    decoder = fast.decoder
+    assert decoder.top_grouped == grouped and not decoder.grouped
+    if grouped:
+        assert decoder.top.dense1.groups == decoder.top.dense2.groups == 4
+        assert decoder.head.weight.shape[0] == 4 * 3 and decoder.head.groups == 1
+    assert_same_logits(plain, fast, smooth_image(2, 3, 36, 20))
+    assert not optimize_for_inference(plain).decoder.top_grouped  # the CPU fast path has its own top stage
+
+
 def test_fold_across_shuffle_refuses_other_readers():
     """A zero-padded 3x3 reader, or one whose input is not ``skip + shuffled`` channels: nothing changes."""
     producer, _ = shuffle_pair(0, 8, 6, (-1.0, 1.0))

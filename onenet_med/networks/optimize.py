@@ -495,6 +495,7 @@ class FastEDDecoder(nn.Module):
                 producer.permute_outputs(_shuffle_order(producer.weight.shape[0]))
                 stage.grouped = True
         fold_into_consumers(self.top.dense2, [(self.head, 0)])
+        self.top_grouped = False
         self.top_per_subpixel = (
             self.grouped
             and isinstance(self.top.spatial, nn.Identity)
@@ -516,7 +517,10 @@ class FastEDDecoder(nn.Module):
                 stage.grouped = False
             self.grouped = False
             self.top_per_subpixel = False
+        self.top_grouped = _top_per_subpixel_layers(producers[-1], self.top, self.head)
         for producer, stage, peak in zip(producers, ordered, self.peaks):
+            if stage is self.top and self.top_grouped:
+                continue
             if isinstance(stage.spatial, nn.Identity) and isinstance(producer, FastConv2d):
                 start = stage.dense1.weight.shape[1] - producer.weight.shape[0] // 4
                 fold_across_shuffle(producer, stage.dense1, start, peak)
@@ -528,6 +532,8 @@ class FastEDDecoder(nn.Module):
             skip: torch.Tensor | None = skips[n - 1 - i] if i < n else None
             x = stage(x, skip)
         i = len(self.stages)
+        if self.top_grouped:  # the portable form's top stage, per sub-pixel (see make_portable)
+            return F.pixel_shuffle(self.head(self.top.dense2(self.top.dense1(x))), 2)
         if i < n:
             return self.head(self.top(x, skips[n - 1 - i]))
         if self.top_per_subpixel and _use_onednn(x) and x.is_contiguous(memory_format=torch.channels_last):
@@ -549,6 +555,60 @@ class FastEDDecoder(nn.Module):
 
 def _dense(layer: ChannelDense) -> FastConv2d:
     return FastConv2d.from_conv(layer.conv, list(layer.adn.children()))
+
+
+def _top_per_subpixel_layers(producer: nn.Module, top: FastUpStage, head: nn.Module) -> bool:
+    """Rewrite an ed decoder's top stage (no skip, no spatial layer) to run per sub-pixel before the pixel shuffle.
+
+    Its layers are per pixel, so ``head(dense2(dense1(shuffle(p))))`` = ``shuffle(H(D2(D1(p))))`` with ``p`` the
+    producer's output in the grouped order ``k * C + c`` (sub-pixel ``k``), ``D1`` / ``D2`` convolutions with 4
+    groups (one per sub-pixel) and ``H`` the head with a block-diagonal weight whose outputs are in PyTorch's
+    shuffle order ``o * 4 + k``. The producer's ReLU -> BN affine, different per sub-pixel, folds exactly into
+    each group of ``D1``. Only the head's few channels are shuffled (ONNX ``DepthToSpace``), not the full-resolution
+    activations. Returns whether the layers were rewritten (else nothing changed).
+    """
+    layers = (producer, top.dense1, top.dense2, head)
+    if not all(isinstance(m, FastConv2d) and isinstance(m.act, nn.Identity) for m in layers):
+        return False
+    if not isinstance(top.spatial, nn.Identity) or any(m.groups != 1 or any(m.padding) for m in layers[1:]):
+        return False
+    if any(tuple(m.weight.shape[2:]) != (1, 1) for m in layers[1:]) or head.clamp or top.dense2.clamp:
+        return False
+    channels = producer.weight.shape[0] // 4
+    if top.dense1.weight.shape[1] != channels:  # a skip, or another layout
+        return False
+    released = producer.release_output_affine() if producer.clamp else None
+    sign = torch.ones(channels, 4, dtype=torch.float64)
+    shift = torch.zeros(channels, 4, dtype=torch.float64)
+    if released is not None:
+        sign, shift = (v.view(channels, 4) for v in released)
+    producer.permute_outputs(_shuffle_order(4 * channels))
+    dtype = producer.weight.dtype
+
+    def set_layer(layer: FastConv2d, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> None:
+        layer.weight = nn.Parameter(
+            weight[:, :, None, None].to(dtype).contiguous(memory_format=torch.channels_last), False
+        )
+        layer.bias = nn.Parameter(bias.to(dtype), False)
+        layer.groups = groups
+        layer._refresh()
+
+    w1, b1 = top.dense1.weight.detach().double()[:, :, 0, 0], top.dense1.bias.detach().double()
+    set_layer(
+        top.dense1,
+        torch.cat([w1 * sign[:, k] for k in range(4)]),
+        torch.cat([b1 + w1 @ shift[:, k] for k in range(4)]),
+        4,
+    )
+    w2, b2 = top.dense2.weight.detach().double()[:, :, 0, 0], top.dense2.bias.detach().double()
+    set_layer(top.dense2, w2.repeat(4, 1), b2.repeat(4), 4)
+    wh, bh = head.weight.detach().double()[:, :, 0, 0], head.bias.detach().double()
+    k_out, width = wh.shape
+    block = torch.zeros(k_out, 4, 4, width, dtype=torch.float64)  # (o, k, k', c): output o * 4 + k reads block k
+    for k in range(4):
+        block[:, k, k] = wh
+    set_layer(head, block.reshape(4 * k_out, 4 * width), bh.repeat_interleave(4), 1)
+    return True
 
 
 def _activation_peak(layer: nn.Module) -> float:
