@@ -188,7 +188,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        models = {"torch_plain": net, "torch_optimized": optimized}
+        models = {} if args.skip_torch else {"torch_plain": net, "torch_optimized": optimized}
         models.update({k: OnnxRuntimeNetwork(p, threads=threads) for k, p in files.items()})
         times = measure_latency(models, shape, repeats=args.repeats, warmup=args.warmup, threads=threads)
         results[threads] = {
@@ -391,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also export optimize_for_inference's CPU fast-path form (grouped pixel-shuffle channel order: "
         "Reshape -> 6-D Transpose -> Reshape) instead of the portable one that onenet-med export writes",
+    )
+    s.add_argument(
+        "--skip-torch",
+        action="store_true",
+        help="time only the ONNX Runtime sessions (the int8/fp32 ratio without the PyTorch passes in between)",
     )
     s.add_argument("--no-bn-bound", action="store_true", help="also the network without BatchNorm (analysis bound)")
     s.add_argument("--workdir", default=None, help="where the ONNX files go (default: a temporary folder)")
