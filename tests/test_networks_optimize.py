@@ -445,3 +445,29 @@ def test_portable_onnx_uses_depth_to_space_and_no_clamps(name, clamps, tmp_path)
 def test_onnx_dynamo_of_optimized_equals_plain(name, tmp_path):
     plain = build(name)
     _onnx_equals_plain(plain, optimize_for_inference(plain), tmp_path, dynamo=True)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_export_onnx_of_portable_form_has_no_clamps(tmp_path):
+    """What ``onenet-med export`` writes (``export_onnx``: the dynamo exporter) for a -C ed network: DepthToSpace,
+    no Max/Min/Clip, no 6-D Transpose; ONNX Runtime gives the plain network's logits."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from onenet_med.inference.export import export_onnx
+
+    plain = build("onenet_ed4")
+    path = str(tmp_path / "model.onnx")
+    export_onnx(optimize_for_inference(plain, portable=True), path, 3)
+    nodes = onnx.load(path).graph.node
+    ops = collections.Counter(node.op_type for node in nodes)
+    perms = [list(a.ints) for n in nodes if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+    assert ops["DepthToSpace"] == 4 and not ops["Max"] and not ops["Min"] and not ops["Clip"]
+    assert all(len(perm) < 6 for perm in perms)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = smooth_image(2, 3, 50, 37)
+    with torch.no_grad():
+        expected = plain(x)
+    (out,) = session.run(None, {"image": x.numpy()})
+    assert (torch.from_numpy(out) - expected).abs().max() <= TOLERANCE
