@@ -106,7 +106,7 @@ def build_onnxruntime_predictor(
     parser = load_bundle_config(bundle, {"network_name": name})
     spec = parser.get_parsed_content("task_spec")
     net = parser.get_parsed_content("network_def").eval()
-    net = net if network.endswith(PLAIN) else optimize_for_inference(net)
+    net = net if network.endswith(PLAIN) else optimize_for_inference(net, portable=True)
     path = os.path.join(_EXPORTS.name, f"{network}.onnx")
     export_onnx(net, path, spec.in_channels)
     if int8:

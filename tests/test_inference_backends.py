@@ -42,7 +42,11 @@ def test_exported_model_gives_the_torch_backends_labels_and_probabilities(export
     got = other.predict_volume(case, probabilities=True)
     assert 0.05 < expected.labels.mean() < 0.95  # both classes present: equal labels mean something
     np.testing.assert_array_equal(got.labels, expected.labels)
-    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-4)
+    # the torch backend and the ONNX export run two different exact rewrites of the trained network (the CPU fast
+    # path, the portable form): each is compared with the network as trained, not with the other's rounding
+    trained = _predictor(exported_heart, "torch", optimize=False).predict_volume(case, probabilities=True)
+    np.testing.assert_allclose(got.probabilities, trained.probabilities, atol=1e-4)
+    np.testing.assert_allclose(expected.probabilities, trained.probabilities, atol=1e-4)
     np.testing.assert_array_equal(got.affine, expected.affine)
     assert other.checkpoint == exported_heart[fmt] and other.backend == backend
 

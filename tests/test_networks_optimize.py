@@ -3,6 +3,7 @@ name, both orderings, no norm, odd sizes, batches), leaves the model alone, scri
 
 from __future__ import annotations
 
+import collections
 import io
 
 import pytest
@@ -18,7 +19,7 @@ from onenet_med.networks import (
     optimize_for_inference,
     register_inference_converter,
 )
-from onenet_med.networks.optimize import FastConv2d, _use_onednn
+from onenet_med.networks.optimize import FastConv2d, _use_onednn, fold_across_shuffle
 
 ONENET_NAMES = [f"onenet_{v}{lv}{s}" for v in ("e", "ed") for lv in (4, 5) for s in ("", "_s")]
 ONENET_NAMES += ["onenet_ed4_ctx", "onenet_ed5_ctx"]  # image-wide context at the deepest level
@@ -69,14 +70,19 @@ def assert_same_logits(plain: nn.Module, fast: nn.Module, x: torch.Tensor) -> No
 # ---------------------------------------------------------------- equivalence
 
 
-CASES = [(name, ordering, (2, 50, 37)) for name in ONENET_NAMES for ordering in ("AN", "NA")]
-CASES += [(name, "AN", (1, 33, 70)) for name in ONENET_NAMES]
+CASES = [
+    (name, ordering, (2, 50, 37), portable)
+    for name in ONENET_NAMES
+    for ordering in ("AN", "NA")
+    for portable in (False, True)
+]
+CASES += [(name, "AN", (1, 33, 70), False) for name in ONENET_NAMES]
 
 
 @parameterized.expand(CASES)
-def test_optimized_equals_plain(name, ordering, bhw):
+def test_optimized_equals_plain(name, ordering, bhw, portable):
     plain = build(name, adn_ordering=ordering)
-    fast = optimize_for_inference(plain)
+    fast = optimize_for_inference(plain, portable=portable)
     b, h, w = bhw
     assert_same_logits(plain, fast, smooth_image(b, 3, h, w))
 
@@ -104,17 +110,27 @@ def test_other_settings_equal_plain(_, kw):
         assert_same_logits(plain, fast, smooth_image(2, 3, 24, 40))
 
 
-@parameterized.expand([("onenet_ed4", 4), ("onenet_ed4_s", 8), ("onenet_e4", 4)])
-def test_batchnorm_is_folded_away(name, clamps):
+@parameterized.expand(
+    [
+        ("onenet_ed4", False, 4),  # the layers feeding a pixel shuffle: the CPU fast path keeps those clamps
+        ("onenet_ed4", True, 0),
+        ("onenet_ed4_s", False, 8),
+        ("onenet_ed4_s", True, 8),
+        ("onenet_e4", False, 4),
+        ("onenet_e4", True, 4),
+    ]
+)
+def test_batchnorm_is_folded_away(name, portable, clamps):
     """No BatchNorm is left; a Conv -> ReLU -> BN layer stays a clamp only where its reader cannot absorb the BN
-    (a pixel shuffle, a spatial layer, a zero-padded 3x3 convolution); every other layer has a fused ReLU."""
-    fast = optimize_for_inference(build(name))
+    (a spatial layer, a zero-padded 3x3 convolution, and, on the CPU fast path, a pixel shuffle: the portable form
+    folds it across the shuffle into the 1x1 reader); every other layer has a fused ReLU."""
+    fast = optimize_for_inference(build(name), portable=portable)
     assert not [m for m in fast.modules() if isinstance(m, nn.BatchNorm2d)]
     layers = {n: m for n, m in fast.named_modules() if isinstance(m, FastConv2d)}
     assert all(isinstance(m.act, nn.Identity) for m in layers.values())
     clamped = sorted(n for n, m in layers.items() if m.clamp)
     assert len(clamped) == clamps, clamped
-    if name == "onenet_ed4":  # only the layers feeding a pixel shuffle
+    if name == "onenet_ed4" and not portable:
         assert clamped == ["decoder.bottleneck"] + [f"decoder.stages.{i}.dense2" for i in range(3)]
     na = optimize_for_inference(build(name, adn_ordering="NA"))
     assert not [m for m in na.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -131,6 +147,81 @@ def test_negative_batchnorm_scales_are_exact():
                 if isinstance(m, nn.BatchNorm2d):
                     m.weight.uniform_(low, high)
         assert_same_logits(plain, optimize_for_inference(plain), x)
+        assert_same_logits(plain, optimize_for_inference(plain, portable=True), x)
+
+
+# ---------------------------------------------------------------- the BatchNorm fold across a pixel shuffle
+
+
+def shuffle_pair(skip: int, channels: int, out: int, scales: tuple[float, float]) -> tuple[nn.Module, nn.Module]:
+    """A decoder stage's boundary in training form: Conv -> ReLU -> BN (BN scales uniform in ``scales``) whose
+    pixel shuffle follows a ``skip``-channel skip, read by a 1x1 Conv -> ReLU."""
+    torch.manual_seed(0)
+    producer = trained_like(nn.Sequential(nn.Conv2d(6, 4 * channels, 1), nn.ReLU(), nn.BatchNorm2d(4 * channels)))
+    with torch.no_grad():
+        producer[2].weight.uniform_(*scales)
+    return producer.eval(), nn.Sequential(nn.Conv2d(skip + channels, out, 1), nn.ReLU()).eval()
+
+
+def run_pair(producer, reader, x, skip):
+    up = F.pixel_shuffle(producer(x), 2)
+    return reader(up if skip is None else torch.cat([skip, up], dim=1))
+
+
+@parameterized.expand(
+    [
+        ("positive", 5, (0.2, 2.0), 1.0, 0),
+        ("negative", 5, (-2.0, -0.2), 1.0, 8),  # every channel has a negative sub-pixel
+        ("mixed", 5, (-1.0, 1.5), 7.5, None),
+        ("mixed_no_skip", 0, (-1.0, 1.5), 1.0, None),  # the top stage
+    ]
+)
+def test_fold_across_shuffle_is_exact(_, skip, scales, marker, negative_groups):
+    """The clamp of a layer feeding a pixel shuffle moves into the reader: the producer keeps only a fused ReLU,
+    with extra shuffle groups for negative BN scales and three marker groups; logits equal the plain pair's."""
+    producer, reader = shuffle_pair(skip, 8, 6, scales)
+    fast_producer = FastConv2d.from_conv(producer[0], [producer[1], producer[2]])
+    fast_reader = FastConv2d.from_conv(reader[0], [reader[1]])
+    assert fast_producer.clamp
+    negative = int((producer[2].weight.view(8, 4) < 0).any(1).sum())
+    if negative_groups is not None:
+        assert negative == negative_groups
+    assert fold_across_shuffle(fast_producer, fast_reader, skip, marker)
+    assert not fast_producer.clamp and fast_producer.relu
+    assert fast_producer.weight.shape[0] == 4 * (8 + negative + 3)
+    assert fast_reader.weight.shape[1] == skip + 8 + negative + 3
+    x = smooth_image(2, 6, 6, 10).contiguous(memory_format=torch.channels_last)
+    skip_map = torch.relu(smooth_image(2, skip, 12, 20, seed=1)) if skip else None
+    with torch.no_grad():
+        expected = run_pair(producer, reader, x, skip_map)
+        got = run_pair(fast_producer, fast_reader, x, skip_map)
+    assert (got - expected).abs().max() <= 1e-5 * (1 + expected.abs().max())
+
+
+@parameterized.expand([("onenet_ed4", True), ("onenet_ed5_ctx", True), ("onenet_ed4_s", False)])
+def test_portable_top_stage_runs_per_subpixel(name, grouped):
+    """The portable -C ed decoder's top stage runs before its pixel shuffle: its dense layers as 4-group
+    convolutions, the head block-diagonal, so only the head's ``4 * K`` channels are shuffled; -S keeps its order
+    (a spatial layer reads the shuffled image)."""
+    plain = build(name, out_channels=3)
+    fast = optimize_for_inference(plain, portable=True)
+    decoder = fast.decoder
+    assert decoder.top_grouped == grouped and not decoder.grouped
+    if grouped:
+        assert decoder.top.dense1.groups == decoder.top.dense2.groups == 4
+        assert decoder.head.weight.shape[0] == 4 * 3 and decoder.head.groups == 1
+    assert_same_logits(plain, fast, smooth_image(2, 3, 36, 20))
+    assert not optimize_for_inference(plain).decoder.top_grouped  # the CPU fast path has its own top stage
+
+
+def test_fold_across_shuffle_refuses_other_readers():
+    """A zero-padded 3x3 reader, or one whose input is not ``skip + shuffled`` channels: nothing changes."""
+    producer, _ = shuffle_pair(0, 8, 6, (-1.0, 1.0))
+    fast_producer = FastConv2d.from_conv(producer[0], [producer[1], producer[2]])
+    padded = FastConv2d.from_conv(nn.Conv2d(8, 6, 3, padding=1))
+    assert not fold_across_shuffle(fast_producer, padded, 0)
+    assert not fold_across_shuffle(fast_producer, FastConv2d.from_conv(nn.Conv2d(9, 6, 1)), 0)
+    assert fast_producer.clamp and fast_producer.weight.shape[0] == 32
 
 
 def test_model_is_not_modified():
@@ -326,9 +417,57 @@ def test_onnx_of_optimized_equals_plain(name, tmp_path):
     _onnx_equals_plain(plain, optimize_for_inference(plain), tmp_path, dynamo=False)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(
+    "name, clamps",
+    [("onenet_ed4", 0), ("onenet_ed5", 0), ("onenet_ed4_ctx", 1)],  # -S: see test_batchnorm_is_folded_away
+)
+def test_portable_onnx_uses_depth_to_space_and_no_clamps(name, clamps, tmp_path):
+    """The portable form exports each pixel shuffle as one DepthToSpace (no Reshape -> Transpose -> Reshape) and,
+    for the -C ed networks, no float op between its convolutions: no Max/Min clamp (-ctx: only the deepest level's,
+    read by the context block through zero-padded mixing); same logits."""
+    onnx = pytest.importorskip("onnx")
+    plain = build(name)
+    _onnx_equals_plain(plain, optimize_for_inference(plain, portable=True), tmp_path, dynamo=False)
+    nodes = onnx.load(str(tmp_path / "fast.onnx")).graph.node
+    ops = collections.Counter(node.op_type for node in nodes)
+    # no 6-D transposes (the grouped shuffle's); smaller ones transpose index tensors (padding, context block)
+    perms = [list(a.ints) for n in nodes if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+    assert ops["DepthToSpace"] == plain.levels and all(len(perm) < 6 for perm in perms), perms
+    assert ops["Max"] == ops["Min"] == clamps
+    assert ops["Clip"] == 0 or name.endswith("_ctx")  # the context block (kept as it is) clips its positions
+    assert ops["Relu"] > 0 and ops["Concat"] >= plain.levels - 1
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name", ["onenet_ed4", "onenet_e4_s"])
 def test_onnx_dynamo_of_optimized_equals_plain(name, tmp_path):
     plain = build(name)
     _onnx_equals_plain(plain, optimize_for_inference(plain), tmp_path, dynamo=True)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_export_onnx_of_portable_form_has_no_clamps(tmp_path):
+    """What ``onenet-med export`` writes (``export_onnx``: the dynamo exporter) for a -C ed network: DepthToSpace,
+    no Max/Min/Clip, no 6-D Transpose; ONNX Runtime gives the plain network's logits."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from onenet_med.inference.export import export_onnx
+
+    plain = build("onenet_ed4")
+    path = str(tmp_path / "model.onnx")
+    export_onnx(optimize_for_inference(plain, portable=True), path, 3)
+    nodes = onnx.load(path).graph.node
+    ops = collections.Counter(node.op_type for node in nodes)
+    perms = [list(a.ints) for n in nodes if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+    assert ops["DepthToSpace"] == 4 and not ops["Max"] and not ops["Min"] and not ops["Clip"]
+    assert all(len(perm) < 6 for perm in perms)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = smooth_image(2, 3, 50, 37)
+    with torch.no_grad():
+        expected = plain(x)
+    (out,) = session.run(None, {"image": x.numpy()})
+    assert (torch.from_numpy(out) - expected).abs().max() <= TOLERANCE

@@ -355,7 +355,8 @@ def export_bundle(
     network, ckpt = load_network(parser, ckpt, torch.device("cpu"), name)
     if isinstance(network, torch.jit.ScriptModule):
         raise ValueError(f"{ckpt}: a TorchScript archive; export needs the bundle's state dict (models/model.pt)")
-    model = optimize_for_inference(network)
+    # ONNX: the portable form (pixel shuffles as DepthToSpace); TorchScript runs the CPU fast path's
+    model = optimize_for_inference(network, portable=fmt != "torchscript")
     preprocessing = parser.get_parsed_content("preprocessing")
     path = os.path.join(os.fspath(out_dir), EXPORT_FORMATS[fmt])
     record: dict[str, Any] = {
