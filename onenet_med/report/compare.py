@@ -209,21 +209,27 @@ def section_table1(inputs: ReportInputs) -> list[str]:
     return lines
 
 
+def _thread_keys(inputs: ReportInputs) -> list[str]:
+    """The thread counts of the latency profile (``results["profile_threads"]``), as the profile's keys."""
+    return [str(t) for t in inputs.results.get("profile_threads") or []]
+
+
 def section_table2(inputs: ReportInputs) -> list[str]:
     from onenet_med.report.summary import markdown_table
 
     shape = inputs.results.get("profile_input")
+    threads = _thread_keys(inputs)
     rows = []
     for n, e in inputs.networks.items():
         prof, tr = e.get("profile", {}), e["training"]
+        latency = [prof.get(k, {}).get(t) for k in ("latency_ms", "latency_plain_ms") for t in threads]
         rows.append(
             [
                 n,
                 prof.get("params", 0) / 1e6 if prof else None,
                 prof.get("param_mb"),
                 prof.get("gflops"),
-                prof.get("latency_ms"),
-                prof.get("latency_plain_ms"),
+                *latency,
                 tr["iterations"],
                 tr["s_per_iteration"],
                 e["seconds"].get("train"),
@@ -235,24 +241,24 @@ def section_table2(inputs: ReportInputs) -> list[str]:
         "Params (M)",
         "Param size (MB)",
         f"GFLOPs / slice {tuple(shape) if shape else ''}",
-        "Latency / slice (ms)",
-        "Plain network (ms)",
+        *[f"Latency / slice (ms), {t} thread(s)" for t in threads],
+        *[f"Plain network (ms), {t} thread(s)" for t in threads],
         "Train iterations",
         "s / iteration",
         "Train wall (s)",
         "Evaluate wall (s)",
     ]
-    threads = inputs.results.get("profile_threads") or "default"
     return [
         "## Table 2: size and speed",
         "",
         markdown_table(header, rows, digits=3),
         "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median "
-        f"no-grad forward pass of one slice (batch 1) on this machine ({threads} thread(s)) by the inference copy "
-        "that prediction uses (onenet_med.networks.optimize_for_inference: BatchNorm folded, oneDNN on CPU); plain "
-        "network: the trained modules in eval mode, same rounds. s / iteration: median training step from the "
-        "TensorBoard wall times (validation excluded). Wall times include process start-up, data loading, validation "
-        "and checkpoints. A shared machine makes every timing noisy; compare rows of the same run.",
+        "no-grad forward pass of one slice (batch 1) on this machine by the inference copy that prediction uses "
+        "(onenet_med.networks.optimize_for_inference: BatchNorm folded, oneDNN on CPU), at each thread count; plain "
+        "network: the trained modules in eval mode. All networks and thread counts are timed in the same interleaved "
+        "rounds. s / iteration: median training step from the TensorBoard wall times (validation excluded). Wall "
+        "times include process start-up, data loading, validation and checkpoints. A shared machine makes every "
+        "timing noisy; compare rows of the same run.",
         "",
     ]
 
