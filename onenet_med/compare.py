@@ -545,6 +545,7 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         when a check failed.
     """
     from onenet_med.report.compare import write_report
+    from onenet_med.report.frontier import frontier_rows
     from onenet_med.report.summary import machine_info
 
     if not settings.networks:
@@ -637,6 +638,7 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         measured = check.evaluate(metrics)
         results["checks"].append({"check": str(check), "measured": measured, "passed": check.passes(measured)})
     results["ok"] = all(c["passed"] for c in results["checks"])
+    results["frontier"] = frontier_rows(results)
     results["files"] = write_report(results, out, predict_input=predict_input, held_out=held_out)
     _write_json(out / "results.json", results)
     return results

@@ -74,6 +74,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "onenet_ed4+fast",
             "onenet_ed4_s",
             "onenet_ed4_s+fast",
+            "onenet_ed4_ctx",
+            "onenet_ed4_ctx+fast",
             "plainconvunet",
             "onenet_e4",
             "onenet_e4+fast",
@@ -99,6 +101,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def plain_conv_unet(in_channels: int, out_channels: int) -> nn.Module | None:
+    """nnU-Net's 2D PlainConvUNet as nnU-Net plans it for 256x256 slices (7 stages, 32..512 features, two 3x3
+    convolutions per stage, InstanceNorm, LeakyReLU); None (with a message) when the optional package
+    ``dynamic-network-architectures`` is missing (``pip install --no-deps dynamic-network-architectures``: its
+    U-Net needs only torch and numpy)."""
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    except ImportError:
+        print("plainconvunet: skipped (pip install --no-deps dynamic-network-architectures to time it)")
+        return None
+    return PlainConvUNet(
+        in_channels, 7, (32, 64, 128, 256, 512, 512, 512), nn.Conv2d, 3, (1, 2, 2, 2, 2, 2, 2), 2, out_channels, 2,
+        conv_bias=True, norm_op=nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+    )  # fmt: skip
+
+
 def build(name: str, in_channels: int, out_channels: int, features: int | None = None) -> nn.Module | None:
     """The network ``name`` in eval mode (``+fast``: its inference copy); None when its package is missing."""
     base = name.removesuffix(FAST)
@@ -109,8 +128,11 @@ def build(name: str, in_channels: int, out_channels: int, features: int | None =
         from monai.networks.nets import SegResNet
 
         net = SegResNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, init_filters=8).eval()
-    elif base == "plainconvunet":  # nnU-Net's 2D PlainConvUNet, once the registry has it (optional package)
-        return None
+    elif base == "plainconvunet":
+        net = plain_conv_unet(in_channels, out_channels)
+        if net is None:
+            return None
+        net = net.eval()
     else:
         raise SystemExit(f"unknown network {name!r}: registry names (NAME or NAME+fast), segresnet, plainconvunet")
     return optimize_for_inference(net) if name.endswith(FAST) else net
