@@ -12,9 +12,9 @@ from ignite.engine import Events
 from onenet_med.cli import build_parser, main
 from onenet_med.compare import (
     Check,
+    ComparedRun,
     CompareSettings,
     bundle_command,
-    ComparedRun,
     cli_command,
     compared_runs,
     metric_value,
