@@ -8,10 +8,15 @@ overrides shared by all networks (the budget: epochs, iterations per epoch, batc
 3. ``onenet-med predict`` on one held-out volume -> ``<out>/predictions/<network>/<case>_seg.nii.gz``
    (slice-wise prediction in the input's geometry, :func:`prediction_command`).
 
-Then the networks are profiled (parameters, FLOPs and latency of one slice, :mod:`onenet_med.profiling` when
-installed) and ``<out>/report.md`` is written with the paper's Table 1 layout (CE, mAP0.5, mIoU, DSC), per-class
-Dice, Table 2 size/speed columns, PNG plots (loss and Dice curves, per-class Dice bars, overlays), the exact
-commands and the machine. ``<out>/results.json`` holds every number.
+Then the networks are profiled (parameters, FLOPs and latency of one slice at 1 and 2 threads, all networks and
+thread counts in the same interleaved rounds, :mod:`onenet_med.profiling`) and ``<out>/report.md`` is written with
+the paper's Table 1 layout (CE, mAP0.5, mIoU, DSC), per-class Dice, Table 2 size/speed columns, accuracy against
+latency (held-out mean Dice against latency per slice, the Pareto-optimal networks marked,
+:mod:`onenet_med.report.frontier`), PNG plots (loss and Dice curves, per-class Dice bars, overlays, the frontier),
+the exact commands and the machine. ``<out>/results.json`` holds every number.
+
+``--widths 8 16 32`` trains every network at each width (entries ``onenet_ed4@16``; ``NAME@WIDTH`` in
+``--networks`` picks single ones); ``scripts/bench_frontier.sh`` is such a sweep on the demo data.
 
 Example (the demo's budget; ``scripts/demo.sh`` runs exactly this)::
 

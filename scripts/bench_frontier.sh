@@ -16,7 +16,7 @@
 #   FRONTIER_NETWORKS="onenet_ed4 onenet_ed4_ctx onenet_e4 unet4 basicunet segresnet"
 #   FRONTIER_WIDTHS="16 8 32"    widths, in the order they train
 #   FRONTIER_JOBS=2              trainings side by side (one thread each on 2 cores)
-#   ONENET_SMALL=1               tiny settings (coarse data, 1 epoch of 1 iteration, widths 2 4): a smoke test
+#   ONENET_SMALL=1               tiny settings (coarse data, 1 epoch of 1 iteration, widths 4 8): a smoke test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -26,7 +26,7 @@ if [ "${ONENET_SMALL:-0}" = "1" ]; then
     OUT="${FRONTIER_OUT:-reports/frontier_small}"
     DATA="${FRONTIER_DATA:-data/Task00_MNI152Tissue_step4}"
     STEP=4; EPOCHS=1; ITERS=1; VAL=1; BATCH=2; BN=1
-    read -r -a WIDTHS <<< "${FRONTIER_WIDTHS:-2 4}"
+    read -r -a WIDTHS <<< "${FRONTIER_WIDTHS:-4 8}"
 else
     # the demo's budget (bundles/onenet_demo/docs/README.md): 8 epochs x 20 iterations of 8 slices, Adam 1e-3 with
     # cosine decay, validation every 2 epochs after recomputing BatchNorm statistics on 4 batches
