@@ -297,6 +297,11 @@ DOC_COMMANDS: list[Entry] = [
         append="--size 32 --slices 3 --networks onenet_ed4 --batch-slices 2",
     ),
     Entry(
+        r"^python scripts/receptive_field\.py\b",
+        "tiny measurement",
+        append="--networks onenet_ed4 onenet_ed4_ctx --size 64 --width 4",
+    ),
+    Entry(
         r"^python scripts/bench_loader\.py\b",
         "tiny benchmark",
         append="--volumes 2 --shape 64 64 8 --seconds 1 --workers 0 --train-steps 1",
