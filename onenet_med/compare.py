@@ -476,7 +476,7 @@ def profile_networks_for_report(
     runs: Sequence[ComparedRun | str],
     width: int | None,
     slice_shape: Sequence[int],
-    threads: Sequence[int] = (1, 2),
+    threads: int | Sequence[int] = (1, 2),
     repeats: int = 5,
 ) -> dict[str, dict[str, Any]]:
     """Parameters, FLOPs and latency of one ``slice_shape`` (C, H, W) slice for each network as trained.
@@ -492,7 +492,7 @@ def profile_networks_for_report(
         runs: :class:`ComparedRun` s or ``NAME`` / ``NAME@WIDTH`` entries (``width`` applies to a bare name).
         width: the width of bare names (None: each network's default).
         slice_shape: (C, H, W) of one slice.
-        threads: thread counts.
+        threads: thread counts (or one).
         repeats: timed rounds (the median is reported).
 
     Returns:
@@ -514,7 +514,7 @@ def profile_networks_for_report(
     shape = (1, *slice_shape)
     timed = {label: optimize_for_inference(net) for label, net in nets.items()}
     timed.update({f"{label} (plain)": net for label, net in nets.items()})
-    keys = [str(int(t)) for t in threads]
+    keys = [str(int(t)) for t in ([threads] if isinstance(threads, int) else threads)]
     times: dict[str, dict[str, list[float]]] = {k: {name: [] for name in timed} for k in keys}
     for k in keys:  # warm-up at every thread count (oneDNN primitives are made per thread count)
         profiling.measure_latency(timed, shape=shape, repeats=1, warmup=1, threads=int(k))
