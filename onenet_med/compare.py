@@ -101,6 +101,7 @@ class CompareSettings:
         checks: ``Check`` s evaluated into the report; any failure makes :func:`compare` report ``ok=False``.
         profile: measure parameters, FLOPs and latency.
         profile_threads: thread counts of the latency profile, timed in the same interleaved rounds.
+        profile_repeats: timed rounds of the latency profile (the median is reported).
         setup_commands: commands that prepared the data (e.g. ``onenet-med data demo ...``), listed in the report.
     """
 
@@ -122,6 +123,7 @@ class CompareSettings:
     checks: list[Check] = field(default_factory=list)
     profile: bool = True
     profile_threads: list[int] = field(default_factory=lambda: [1, 2])
+    profile_repeats: int = 5
     setup_commands: list[str] = field(default_factory=list)
 
 
@@ -634,7 +636,10 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         slice_shape = _slice_shape(spec, held_out[0])
         results["profile_input"] = [1, *slice_shape]
         results["profile_threads"] = [int(t) for t in settings.profile_threads]
-        profiles = profile_networks_for_report(spec, runs, None, slice_shape, settings.profile_threads)
+        results["profile_repeats"] = int(settings.profile_repeats)
+        profiles = profile_networks_for_report(
+            spec, runs, None, slice_shape, settings.profile_threads, repeats=settings.profile_repeats
+        )
         for name, prof in profiles.items():
             results["networks"][name]["profile"] = prof
     results["checks"] = []
@@ -740,6 +745,7 @@ def add_parser(subparsers) -> None:
         "--profile-threads", type=int, nargs="+", default=[1, 2], metavar="T",
         help="thread counts of the latency profile, timed in the same interleaved rounds (default: 1 2)",
     )  # fmt: skip
+    p.add_argument("--profile-repeats", type=int, default=5, help="timed rounds of the latency profile (default 5)")
     p.add_argument(
         "--setup-command", dest="setup_commands", action="append", default=[], metavar="CMD",
         help="a command that prepared the data, listed in the report (repeatable)",
@@ -775,8 +781,11 @@ def cli_command(settings: CompareSettings) -> str:
     ]
     if not settings.profile:
         args.append("--no-profile")
-    elif list(settings.profile_threads) != [1, 2]:
-        args += ["--profile-threads", *map(str, settings.profile_threads)]
+    else:
+        if list(settings.profile_threads) != [1, 2]:
+            args += ["--profile-threads", *map(str, settings.profile_threads)]
+        if settings.profile_repeats != 5:
+            args += ["--profile-repeats", str(settings.profile_repeats)]
     return shlex.join(args)
 
 
@@ -800,6 +809,7 @@ def _run(args: argparse.Namespace) -> int:
         checks=list(args.checks),
         profile=not args.no_profile,
         profile_threads=list(args.profile_threads),
+        profile_repeats=args.profile_repeats,
         setup_commands=list(args.setup_commands),
     )
     try:

@@ -51,7 +51,7 @@ OMP_NUM_THREADS=1 "$PY" -m onenet_med compare \
     --bundle bundles/onenet_demo --networks "${NETWORKS[@]}" "${WIDTH_ARGS[@]}" --out "$OUT" \
     --dataset-dir "$DATA" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" --batch-size "$BATCH" \
     --set learning_rate=0.001 --set lr_schedule=cosine --set val_interval="$VAL" --set bn_refresh_batches="$BN" \
-    --set num_workers=0 --threads 1 --jobs "$JOBS" --no-predict --reuse --profile-threads 1 2 \
+    --set num_workers=0 --threads 1 --jobs "$JOBS" --no-predict --reuse --profile-threads 1 2 --profile-repeats 15 \
     --setup-command "python ${DATA_CMD[*]}"
 echo "[frontier] load average at end: $(cat /proc/loadavg 2>/dev/null || echo n/a)"
 echo "[frontier] report: $OUT/report.md"

@@ -231,11 +231,12 @@ def test_compared_runs_rejects_repeats():
 
 def test_cli_command_round_trips_a_width_sweep():
     s = CompareSettings(bundle="b", networks=["onenet_ed4", "unet4"], output_dir="o", widths=[16, 8, 32])
-    s.profile_threads = [2]
+    s.profile_threads, s.profile_repeats = [2], 15
     args = build_parser().parse_args(shlex.split(cli_command(s))[1:])
     assert args.widths == [16, 8, 32] and args.width is None and args.profile_threads == [2]
+    assert args.profile_repeats == 15
     default = build_parser().parse_args(shlex.split(cli_command(CompareSettings("b", ["unet4"], "o")))[1:])
-    assert default.widths is None and default.profile_threads == [1, 2]
+    assert default.widths is None and default.profile_threads == [1, 2] and default.profile_repeats == 5
 
 
 @pytest.mark.parametrize("threads,keys", [(1, {"1"}), ((1, 2), {"1", "2"})])

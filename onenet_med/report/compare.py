@@ -270,9 +270,10 @@ def section_table2(inputs: ReportInputs) -> list[str]:
         "## Table 2: size and speed",
         "",
         markdown_table(header, rows, digits=3),
-        "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median "
-        "no-grad forward pass of one slice (batch 1) on this machine by the inference copy that prediction uses "
-        "(onenet_med.networks.optimize_for_inference: BatchNorm folded, oneDNN on CPU), at each thread count; plain "
+        "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median of "
+        f"{inputs.results.get('profile_repeats', 5)} no-grad forward passes of one slice (batch 1) on this machine by "
+        "the inference copy that prediction uses (onenet_med.networks.optimize_for_inference: BatchNorm folded, oneDNN "
+        "on CPU), at each thread count; plain "
         "network: the trained modules in eval mode. All networks and thread counts are timed in the same interleaved "
         "rounds. s / iteration: median training step from the TensorBoard wall times (validation excluded). Wall "
         "times include process start-up, data loading, validation and checkpoints. A shared machine makes every "
