@@ -8,10 +8,15 @@ overrides shared by all networks (the budget: epochs, iterations per epoch, batc
 3. ``onenet-med predict`` on one held-out volume -> ``<out>/predictions/<network>/<case>_seg.nii.gz``
    (slice-wise prediction in the input's geometry, :func:`prediction_command`).
 
-Then the networks are profiled (parameters, FLOPs and latency of one slice, :mod:`onenet_med.profiling` when
-installed) and ``<out>/report.md`` is written with the paper's Table 1 layout (CE, mAP0.5, mIoU, DSC), per-class
-Dice, Table 2 size/speed columns, PNG plots (loss and Dice curves, per-class Dice bars, overlays), the exact
-commands and the machine. ``<out>/results.json`` holds every number.
+Then the networks are profiled (parameters, FLOPs and latency of one slice at 1 and 2 threads, all networks and
+thread counts in the same interleaved rounds, :mod:`onenet_med.profiling`) and ``<out>/report.md`` is written with
+the paper's Table 1 layout (CE, mAP0.5, mIoU, DSC), per-class Dice, Table 2 size/speed columns, accuracy against
+latency (held-out mean Dice against latency per slice, the Pareto-optimal networks marked,
+:mod:`onenet_med.report.frontier`), PNG plots (loss and Dice curves, per-class Dice bars, overlays, the frontier),
+the exact commands and the machine. ``<out>/results.json`` holds every number.
+
+``--widths 8 16 32`` trains every network at each width (entries ``onenet_ed4@16``; ``NAME@WIDTH`` in
+``--networks`` picks single ones); ``scripts/bench_frontier.sh`` is such a sweep on the demo data.
 
 Example (the demo's budget; ``scripts/demo.sh`` runs exactly this)::
 
@@ -53,6 +58,7 @@ __all__ = [
     "bundle_command",
     "cli_command",
     "compare",
+    "compared_runs",
     "network_overrides",
     "parse_check",
     "prediction_command",
@@ -71,12 +77,15 @@ class CompareSettings:
 
     Args:
         bundle: bundle folder (``bundles/onenet_demo``) holding ``configs/{train,evaluate,inference}.json``.
-        networks: registry names (:func:`onenet_med.networks.list_networks`), trained in this order.
+        networks: registry names (:func:`onenet_med.networks.list_networks`), trained in this order; ``NAME@WIDTH``
+            (``onenet_ed4@16``) trains that network at that width whatever ``width`` says.
         output_dir: report folder (``report.md``, plots, ``runs/<network>/``, ``predictions/``, ``logs/``).
         dataset_dir: dataset folder (default: the bundle's ``dataset_dir``).
         width: base width for networks that have one (OneNet, U-Nets: ``features``; BasicUNet: its default
             widths scaled by ``width / 32``; SegResNet: ``init_filters``); ``None`` keeps each network's default
             (64 for OneNet / U-Net, 8 for SegResNet).
+        widths: a width sweep: every network of ``networks`` at each of these widths, width by width in this order
+            (entries ``NAME@WIDTH`` in the results and the report; overrides ``width``).
         epochs: ``max_epochs`` (None: the bundle's).
         iterations_per_epoch: training iterations per epoch, drawing ``batch_size`` volumes with replacement for
             each (None: one pass over the training cases per epoch, the bundle's default).
@@ -91,6 +100,8 @@ class CompareSettings:
             one thread per process avoids the collapse of several OpenMP threads competing for busy cores).
         checks: ``Check`` s evaluated into the report; any failure makes :func:`compare` report ``ok=False``.
         profile: measure parameters, FLOPs and latency.
+        profile_threads: thread counts of the latency profile, timed in the same interleaved rounds.
+        profile_repeats: timed rounds of the latency profile (the median is reported).
         setup_commands: commands that prepared the data (e.g. ``onenet-med data demo ...``), listed in the report.
     """
 
@@ -99,6 +110,7 @@ class CompareSettings:
     output_dir: str
     dataset_dir: str | None = None
     width: int | None = None
+    widths: list[int] | None = None
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     batch_size: int | None = None
@@ -110,6 +122,8 @@ class CompareSettings:
     jobs: int = 1
     checks: list[Check] = field(default_factory=list)
     profile: bool = True
+    profile_threads: list[int] = field(default_factory=lambda: [1, 2])
+    profile_repeats: int = 5
     setup_commands: list[str] = field(default_factory=list)
 
 
@@ -180,6 +194,43 @@ def network_overrides(name: str, width: int | None) -> dict[str, Any]:
     elif name == "segresnet":
         out["network_def#init_filters"] = int(width)
     return out
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    """One trained network of a comparison: ``label`` (its key in the results and the report), registry ``name``,
+    ``width`` (None: the network's default)."""
+
+    label: str
+    name: str
+    width: int | None
+
+    @property
+    def folder(self) -> str:
+        """The label as a folder / file name (``onenet_ed4@16`` -> ``onenet_ed4_w16``: no ``@`` in bundle paths)."""
+        return self.label.replace("@", "_w")
+
+
+def parse_run(entry: str, width: int | None = None) -> ComparedRun:
+    """``"onenet_ed4"`` (at ``width``) or ``"onenet_ed4@16"`` -> :class:`ComparedRun`."""
+    name, sep, w = entry.partition("@")
+    if not sep:
+        return ComparedRun(entry, entry, width)
+    if not w.isdigit() or int(w) < 1:
+        raise ValueError(f"network {entry!r}: expected NAME@WIDTH with a positive integer width")
+    return ComparedRun(entry, name, int(w))
+
+
+def compared_runs(settings: CompareSettings) -> list[ComparedRun]:
+    """The trainings of ``settings`` in order: each network at ``width``, or width by width over ``widths``."""
+    if settings.widths:
+        runs = [parse_run(f"{n}@{w}") for w in settings.widths for n in settings.networks]
+    else:
+        runs = [parse_run(n, settings.width) for n in settings.networks]
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"networks repeated in the comparison: {labels}")
+    return runs
 
 
 def _cli_value(value: Any) -> str:
@@ -424,16 +475,30 @@ def _write_json(path: str | os.PathLike, data: Any) -> None:
 
 def profile_networks_for_report(
     task: str | TaskSpec,
-    networks: Sequence[str],
+    runs: Sequence[ComparedRun | str],
     width: int | None,
     slice_shape: Sequence[int],
-    threads: int | None = None,
+    threads: int | Sequence[int] = (1, 2),
+    repeats: int = 5,
 ) -> dict[str, dict[str, Any]]:
     """Parameters, FLOPs and latency of one ``slice_shape`` (C, H, W) slice for each network as trained.
 
     FLOPs are those of the plain network; ``latency_ms`` is that of the inference copy that prediction uses
     (:func:`onenet_med.networks.optimize_for_inference`), ``latency_plain_ms`` that of the plain network in eval
-    mode, all timed in the same interleaved rounds (:mod:`onenet_med.profiling`).
+    mode, each a ``{threads: median ms}`` mapping (keys are strings, as in JSON). All networks and all thread counts
+    are timed in the same interleaved rounds (:func:`onenet_med.profiling.measure_latency` once per round and
+    thread count), so that a change of load slows every column alike.
+
+    Args:
+        task: the task (channels and classes of the networks).
+        runs: :class:`ComparedRun` s or ``NAME`` / ``NAME@WIDTH`` entries (``width`` applies to a bare name).
+        width: the width of bare names (None: each network's default).
+        slice_shape: (C, H, W) of one slice.
+        threads: thread counts (or one).
+        repeats: timed rounds (the median is reported).
+
+    Returns:
+        label -> ``{"params", "param_mb", "gflops", "latency_ms", "latency_plain_ms"}``.
     """
     import statistics
 
@@ -443,23 +508,30 @@ def profile_networks_for_report(
 
     spec = get_task(task)
     nets = {}
-    for name in networks:
-        kwargs = {
-            k.split("#", 1)[1]: v for k, v in network_overrides(name, width).items() if k.startswith("network_def#")
-        }
-        nets[name] = get_network(name, spec.in_channels, spec.num_classes, **kwargs).eval()
+    for run in runs:
+        run = parse_run(run, width) if isinstance(run, str) else run
+        overrides = network_overrides(run.name, run.width)
+        kwargs = {k.split("#", 1)[1]: v for k, v in overrides.items() if k.startswith("network_def#")}
+        nets[run.label] = get_network(run.name, spec.in_channels, spec.num_classes, **kwargs).eval()
     shape = (1, *slice_shape)
-    timed = {name: optimize_for_inference(net) for name, net in nets.items()}
-    timed.update({f"{name} (plain)": net for name, net in nets.items()})
-    times = profiling.measure_latency(timed, shape=shape, repeats=5, warmup=1, threads=threads)
+    timed = {label: optimize_for_inference(net) for label, net in nets.items()}
+    timed.update({f"{label} (plain)": net for label, net in nets.items()})
+    keys = [str(int(t)) for t in ([threads] if isinstance(threads, int) else threads)]
+    times: dict[str, dict[str, list[float]]] = {k: {name: [] for name in timed} for k in keys}
+    for k in keys:  # warm-up at every thread count (oneDNN primitives are made per thread count)
+        profiling.measure_latency(timed, shape=shape, repeats=1, warmup=1, threads=int(k))
+    for _ in range(repeats):
+        for k in keys:
+            for name, t in profiling.measure_latency(timed, shape=shape, repeats=1, warmup=0, threads=int(k)).items():
+                times[k][name] += t
     out: dict[str, dict[str, Any]] = {}
-    for name, net in nets.items():
-        out[name] = {
+    for label, net in nets.items():
+        out[label] = {
             "params": profiling.count_parameters(net),
             "param_mb": profiling.parameter_bytes(net) / 1e6,
             "gflops": profiling.count_flops(net, shape) / 1e9,
-            "latency_ms": 1000 * statistics.median(times[name]),
-            "latency_plain_ms": 1000 * statistics.median(times[f"{name} (plain)"]),
+            "latency_ms": {k: 1000 * statistics.median(times[k][label]) for k in keys},
+            "latency_plain_ms": {k: 1000 * statistics.median(times[k][f"{label} (plain)"]) for k in keys},
         }
     return out
 
@@ -480,10 +552,12 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         when a check failed.
     """
     from onenet_med.report.compare import write_report
+    from onenet_med.report.frontier import frontier_rows
     from onenet_med.report.summary import machine_info
 
     if not settings.networks:
         raise ValueError("no networks to compare")
+    runs = compared_runs(settings)
     out = Path(settings.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     bundle = Path(settings.bundle).resolve()
@@ -520,25 +594,25 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
     lock = threading.Lock()
     console = Console()
 
-    def pipeline(name: str) -> dict[str, Any]:
-        run_dir = out / "runs" / name
-        over = {**common, **network_overrides(name, settings.width), "bundle_root": str(run_dir)}
+    def pipeline(run: ComparedRun) -> dict[str, Any]:
+        run_dir = out / "runs" / run.folder
+        over = {**common, **network_overrides(run.name, run.width), "bundle_root": str(run_dir)}
         commands = {
             "train": bundle_command(bundle, ["train.json"], over),
             "evaluate": bundle_command(bundle, ["train.json", "evaluate.json"], over),
         }
-        pred_dir = out / "predictions" / name
+        pred_dir = out / "predictions" / run.folder
         if settings.predict:
             commands["predict"] = prediction_command(bundle, over, [predict_input], pred_dir)
         seconds: dict[str, float] = {}
         for step, cmd in commands.items():
-            key = f"{name}/{step}"
+            key = f"{run.label}/{step}"
             previous = steps.get(key)
             if previous and previous["command"] == cmd:
                 print(f"[compare] {key}: reusing the finished run ({previous['seconds']:.0f} s)", flush=True)
                 seconds[step] = previous["seconds"]
                 continue
-            log = out / "logs" / f"{name}_{step}.log"
+            log = out / "logs" / f"{run.folder}_{step}.log"
             print(f"[compare] {key}: {shlex.join(cmd)}\n[compare] log: {log}", flush=True)
             for folder in {"train": [run_dir], "predict": [pred_dir]}.get(step, []):
                 shutil.rmtree(folder, ignore_errors=True)  # a fresh run must not mix with an earlier one's files
@@ -547,21 +621,25 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
             with lock:
                 steps[key] = {"command": cmd, "seconds": seconds[step]}
                 _write_json(steps_path, steps)
-        return _network_results(run_dir, pred_dir if settings.predict else None, over, commands, seconds)
+        entry = _network_results(run_dir, pred_dir if settings.predict else None, over, commands, seconds)
+        return {"network": run.name, "width": run.width, **entry}
 
-    jobs = max(1, min(int(settings.jobs), len(settings.networks)))
+    jobs = max(1, min(int(settings.jobs), len(runs)))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {name: pool.submit(pipeline, name) for name in settings.networks}
-        for name, future in futures.items():
-            results["networks"][name] = future.result()
+        futures = {run.label: pool.submit(pipeline, run) for run in runs}
+        for label, future in futures.items():
+            results["networks"][label] = future.result()
     results["total_seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):  # a busy machine explains slow timings
         results["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     if settings.profile:
         slice_shape = _slice_shape(spec, held_out[0])
         results["profile_input"] = [1, *slice_shape]
-        results["profile_threads"] = settings.threads
-        profiles = profile_networks_for_report(spec, settings.networks, settings.width, slice_shape, settings.threads)
+        results["profile_threads"] = [int(t) for t in settings.profile_threads]
+        results["profile_repeats"] = int(settings.profile_repeats)
+        profiles = profile_networks_for_report(
+            spec, runs, None, slice_shape, settings.profile_threads, repeats=settings.profile_repeats
+        )
         for name, prof in profiles.items():
             results["networks"][name]["profile"] = prof
     results["checks"] = []
@@ -570,6 +648,7 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
         measured = check.evaluate(metrics)
         results["checks"].append({"check": str(check), "measured": measured, "passed": check.passes(measured)})
     results["ok"] = all(c["passed"] for c in results["checks"])
+    results["frontier"] = frontier_rows(results)
     results["files"] = write_report(results, out, predict_input=predict_input, held_out=held_out)
     _write_json(out / "results.json", results)
     return results
@@ -629,7 +708,10 @@ def add_parser(subparsers) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/onenet_demo")
-    p.add_argument("--networks", nargs="+", required=True, help="registry names, e.g. onenet_ed4 unet4")
+    p.add_argument(
+        "--networks", nargs="+", required=True,
+        help="registry names, e.g. onenet_ed4 unet4; NAME@WIDTH trains NAME at WIDTH (onenet_ed4@16)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="report folder (report.md, plots, runs/, predictions/, logs/)")
     p.add_argument("--dataset-dir", default=None, help="dataset folder (default: the bundle's dataset_dir)")
     p.add_argument(
@@ -638,6 +720,10 @@ def add_parser(subparsers) -> None:
         default=None,
         help="base width of OneNet / U-Nets (default: 64), SegResNet's init_filters (default: 8)",
     )
+    p.add_argument(
+        "--widths", type=int, nargs="+", default=None, metavar="W",
+        help="width sweep: every network at each width, width by width (results as NAME@WIDTH; overrides --width)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=None, help="max_epochs (default: the bundle's)")
     p.add_argument("--iterations-per-epoch", type=int, default=None, help="training iterations per epoch")
     p.add_argument("--batch-size", type=int, default=None, help="training batch in 2D slices")
@@ -655,6 +741,11 @@ def add_parser(subparsers) -> None:
         help="requirement written into the report; exit 1 when one fails (repeatable)",
     )  # fmt: skip
     p.add_argument("--no-profile", action="store_true", help="skip the parameters / FLOPs / latency profile")
+    p.add_argument(
+        "--profile-threads", type=int, nargs="+", default=[1, 2], metavar="T",
+        help="thread counts of the latency profile, timed in the same interleaved rounds (default: 1 2)",
+    )  # fmt: skip
+    p.add_argument("--profile-repeats", type=int, default=5, help="timed rounds of the latency profile (default 5)")
     p.add_argument(
         "--setup-command", dest="setup_commands", action="append", default=[], metavar="CMD",
         help="a command that prepared the data, listed in the report (repeatable)",
@@ -678,6 +769,8 @@ def cli_command(settings: CompareSettings) -> str:
     ):
         if value is not None:
             args += [flag, str(value)]
+    if settings.widths:
+        args += ["--widths", *map(str, settings.widths)]
     for key, value in settings.overrides.items():
         args += ["--set", f"{key}={_cli_value(value)}"]
     for flag, on in (("--no-predict", not settings.predict), ("--reuse", settings.reuse)):
@@ -688,6 +781,11 @@ def cli_command(settings: CompareSettings) -> str:
     ]
     if not settings.profile:
         args.append("--no-profile")
+    else:
+        if list(settings.profile_threads) != [1, 2]:
+            args += ["--profile-threads", *map(str, settings.profile_threads)]
+        if settings.profile_repeats != 5:
+            args += ["--profile-repeats", str(settings.profile_repeats)]
     return shlex.join(args)
 
 
@@ -698,6 +796,7 @@ def _run(args: argparse.Namespace) -> int:
         output_dir=args.out,
         dataset_dir=args.dataset_dir,
         width=args.width,
+        widths=list(args.widths) if args.widths else None,
         epochs=args.epochs,
         iterations_per_epoch=args.iterations_per_epoch,
         batch_size=args.batch_size,
@@ -709,6 +808,8 @@ def _run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         checks=list(args.checks),
         profile=not args.no_profile,
+        profile_threads=list(args.profile_threads),
+        profile_repeats=args.profile_repeats,
         setup_commands=list(args.setup_commands),
     )
     try:

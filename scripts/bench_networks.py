@@ -74,6 +74,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "onenet_ed4+fast",
             "onenet_ed4_s",
             "onenet_ed4_s+fast",
+            "onenet_ed4_ctx",
+            "onenet_ed4_ctx+fast",
             "plainconvunet",
             "onenet_e4",
             "onenet_e4+fast",
@@ -107,7 +109,7 @@ def build(name: str, in_channels: int, out_channels: int, features: int | None =
         try:
             net = get_network(base, in_channels, out_channels, **kwargs).eval()
         except ImportError as error:  # an optional package (plainconvunet: nnU-Net's)
-            print(f"skipping {name}: {error}")
+            print(f"{name}: skipped ({error})")
             return None
     elif base == "segresnet":
         from monai.networks.nets import SegResNet

@@ -31,6 +31,7 @@ def test_bench_prints_ratios_and_writes_json(tmp_path, capsys, monkeypatch):
     args = ["--networks", *names, "--size", "32", "--features", "4", "--repeats", "2", "--warmup", "0"]
     assert bench.main(args + ["--threads", "1", "2", "--clock", "cpu", "--json", str(path)]) == 0
     out = capsys.readouterr().out
+    assert "plainconvunet: skipped" in out and "pip install --no-deps dynamic-network-architectures" in out
     assert "onenet_ed4+fast/unet4 @1T" in out and "onenet_ed4+fast/unet4 @2T" in out and "memory" in out
     data = json.loads(path.read_text())
     assert set(data["networks"]) == set(names) - {"plainconvunet"} and data["skipped"] == ["plainconvunet"]
@@ -61,3 +62,11 @@ def test_networks_are_built_as_named():
     assert sum(p.numel() for p in bench.build("segresnet", 3, 4).parameters()) == pytest.approx(0.40e6, rel=0.02)
     with pytest.raises(SystemExit, match="unknown network"):
         bench.build("nnunet", 1, 4)
+
+
+def test_plainconvunet_is_nnunets_2d_unet_when_installed():
+    pytest.importorskip("dynamic_network_architectures")
+    bench = _load_bench()
+    net = bench.build("plainconvunet", 3, 4)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(33.5e6, rel=0.01)  # the table
+    assert count_flops(net, (1, 3, 256, 256)) / 1e9 == pytest.approx(29.5, rel=0.01)

@@ -12,12 +12,15 @@ from ignite.engine import Events
 from onenet_med.cli import build_parser, main
 from onenet_med.compare import (
     Check,
+    ComparedRun,
     CompareSettings,
     bundle_command,
     cli_command,
+    compared_runs,
     metric_value,
     network_overrides,
     parse_check,
+    parse_run,
     profile_networks_for_report,
     shared_overrides,
 )
@@ -196,16 +199,62 @@ def test_cli_command_round_trips_through_the_parser():
     assert args.checks == s.checks and args.iterations_per_epoch == 20
 
 
-def test_profile_for_report_times_the_inference_copy_and_the_plain_network():
-    profile = profile_networks_for_report("demo", ["onenet_ed4", "basicunet"], 4, (1, 32, 24), threads=1)
-    assert set(profile) == {"onenet_ed4", "basicunet"}
+@pytest.mark.parametrize(
+    "settings,labels",
+    [
+        (dict(networks=["onenet_ed4", "unet4"], width=16), [("onenet_ed4", "onenet_ed4", 16), ("unet4", "unet4", 16)]),
+        (dict(networks=["onenet_ed4", "unet4@8"]), [("onenet_ed4", "onenet_ed4", None), ("unet4@8", "unet4", 8)]),
+        # a sweep runs width by width, in the given order; it overrides --width
+        (
+            dict(networks=["onenet_ed4", "segresnet"], width=4, widths=[16, 8]),
+            [("onenet_ed4@16", "onenet_ed4", 16), ("segresnet@16", "segresnet", 16),
+             ("onenet_ed4@8", "onenet_ed4", 8), ("segresnet@8", "segresnet", 8)],
+        ),
+    ],
+)  # fmt: skip
+def test_compared_runs(settings, labels):
+    runs = compared_runs(CompareSettings(bundle="b", output_dir="o", **settings))
+    assert [(r.label, r.name, r.width) for r in runs] == labels
+    assert all("@" not in r.folder for r in runs)  # run folders are bundle paths
+
+
+@pytest.mark.parametrize("entry", ["unet4@", "unet4@x", "unet4@0"])
+def test_parse_run_rejects(entry):
+    with pytest.raises(ValueError, match="NAME@WIDTH"):
+        parse_run(entry)
+
+
+def test_compared_runs_rejects_repeats():
+    with pytest.raises(ValueError, match="repeated"):
+        compared_runs(CompareSettings(bundle="b", output_dir="o", networks=["unet4@8", "unet4@8"]))
+
+
+def test_cli_command_round_trips_a_width_sweep():
+    s = CompareSettings(bundle="b", networks=["onenet_ed4", "unet4"], output_dir="o", widths=[16, 8, 32])
+    s.profile_threads, s.profile_repeats = [2], 15
+    args = build_parser().parse_args(shlex.split(cli_command(s))[1:])
+    assert args.widths == [16, 8, 32] and args.width is None and args.profile_threads == [2]
+    assert args.profile_repeats == 15
+    default = build_parser().parse_args(shlex.split(cli_command(CompareSettings("b", ["unet4"], "o")))[1:])
+    assert default.widths is None and default.profile_threads == [1, 2] and default.profile_repeats == 5
+
+
+@pytest.mark.parametrize("threads,keys", [(1, {"1"}), ((1, 2), {"1", "2"})])
+def test_profile_for_report_times_the_inference_copy_and_the_plain_network(threads, keys):
+    runs = ["onenet_ed4", ComparedRun("basicunet@8", "basicunet", 8)]
+    profile = profile_networks_for_report("demo", runs, 4, (1, 32, 24), threads=threads, repeats=2)
+    assert set(profile) == {"onenet_ed4", "basicunet@8"}
     plain = get_network("onenet_ed4", 1, 4, features=4)
     row = profile["onenet_ed4"]
     assert row["params"] == sum(p.numel() for p in plain.parameters())
     from onenet_med.profiling import count_flops
 
     assert row["gflops"] == pytest.approx(count_flops(plain, (1, 1, 32, 24)) / 1e9)  # FLOPs of the plain network
-    assert row["latency_ms"] > 0 and row["latency_plain_ms"] > 0
+    for r in profile.values():  # one latency per thread count, of the inference copy and of the plain network
+        assert set(r["latency_ms"]) == set(r["latency_plain_ms"]) == keys
+        assert all(v > 0 for v in [*r["latency_ms"].values(), *r["latency_plain_ms"].values()])
+    basic = get_network("basicunet", 1, 4, features=(8, 8, 16, 32, 64, 8))  # width 8: the default widths x 8/32
+    assert profile["basicunet@8"]["params"] == sum(p.numel() for p in basic.parameters())
 
 
 @pytest.mark.slow

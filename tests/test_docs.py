@@ -170,6 +170,13 @@ DOC_COMMANDS: list[Entry] = [
         "installs a venv with pip (internet); tests/test_compare_demo_script.py runs it with ONENET_SMALL=1",
         skip=True,
     ),
+    Entry(
+        r"^scripts/bench_frontier\.sh\b",
+        "the frontier sweep with tiny settings (ONENET_SMALL=1: coarse demo data, 1 iteration) for two networks",
+        replace='ONENET_SMALL=1 PYTHON=python FRONTIER_NETWORKS="onenet_ed4 segresnet" FRONTIER_JOBS=1 '
+        "scripts/bench_frontier.sh && test -s reports/frontier_small/frontier.png "
+        "&& grep -q 'frontier.png' reports/frontier_small/report.md",
+    ),
     Entry(r"^scripts/test\.sh\b|^pytest\b", "the test suite itself (CI runs scripts/test.sh)", skip=True),
     Entry(r"^pip3? install\b", "internet (PyPI)", skip=True, standing=True),
     Entry(r"^(curl|wget|git clone)\b", "internet", skip=True, standing=True),
@@ -288,6 +295,11 @@ DOC_COMMANDS: list[Entry] = [
         r"^python scripts/bench_predict\.py\b",
         "tiny benchmark",
         append="--size 32 --slices 3 --networks onenet_ed4 --batch-slices 2",
+    ),
+    Entry(
+        r"^python scripts/receptive_field\.py\b",
+        "tiny measurement",
+        append="--networks onenet_ed4 onenet_ed4_ctx --size 64 --width 4",
     ),
     Entry(
         r"^python scripts/bench_loader\.py\b",

@@ -3,7 +3,7 @@ import pytest
 from matplotlib.image import imread
 
 from onenet_med.report import RunCurves, plot_class_dice, plot_dice_curves, plot_loss_curves, plot_overlays
-from onenet_med.report.plots import CLASS_COLOURS
+from onenet_med.report.plots import CLASS_COLOURS, plot_frontier
 
 NAMES = ("background", "csf", "grey", "white")
 
@@ -65,3 +65,19 @@ def test_overlay_rejects_mismatched_shapes_and_no_slices(tmp_path):
         plot_overlays(image, None, {"net": np.zeros((8, 7, 2))}, [0], NAMES, tmp_path / "x.png")
     with pytest.raises(ValueError, match="no slices"):
         plot_overlays(image, None, {}, [], NAMES, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("threads", [["1"], ["1", "2"]])
+def test_frontier_plot_has_one_panel_per_thread_count(tmp_path, threads):
+    rows = [
+        {"label": "a@8", "network": "a", "width": 8, "accuracy": 0.9, "latency_ms": {"1": 10.0, "2": 6.0},
+         "pareto": {"1": True, "2": True}},
+        {"label": "a@16", "network": "a", "width": 16, "accuracy": 0.93, "latency_ms": {"1": 30.0, "2": 20.0},
+         "pareto": {"1": True, "2": True}},
+        {"label": "b@8", "network": "b", "width": 8, "accuracy": None, "latency_ms": {"1": 12.0, "2": 5.0},
+         "pareto": {"1": False, "2": False}},  # no accuracy: left out of the panels
+    ]  # fmt: skip
+    one = _png(plot_frontier(rows, ["1"], tmp_path / "one.png"))
+    img = _png(plot_frontier(rows, threads, tmp_path / "frontier.png"))
+    assert img.shape[1] > (1.5 * one.shape[1] if len(threads) == 2 else 0.9 * one.shape[1])  # panels side by side
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"one.png", "frontier.png"})

@@ -69,6 +69,13 @@ class ReportInputs:
         return any(metric in e["metrics"] for e in self.networks.values())
 
     @cached_property
+    def frontier(self) -> list[dict[str, Any]]:
+        """:func:`onenet_med.report.frontier.frontier_rows` of the results (empty without a profile)."""
+        from onenet_med.report.frontier import frontier_rows
+
+        return frontier_rows(self.results)
+
+    @cached_property
     def volumes(self) -> dict[str, Any] | None:
         """The prediction input in canonical (RAS) orientation: ``image``, ``truth`` (or None), ``predictions``
         (network -> labels) and ``rows`` (label volumes in mL per class, ground truth first); None without
@@ -157,6 +164,16 @@ def plot_prediction_overlays(inputs: ReportInputs) -> str | None:
     )
 
 
+def plot_accuracy_latency(inputs: ReportInputs) -> str | None:
+    from onenet_med.report.plots import plot_frontier
+
+    rows = inputs.frontier
+    if not rows:
+        return None
+    title = f"Held-out mean Dice against latency per slice on {inputs.task} (numbers: widths; ringed: Pareto-optimal)"
+    return plot_frontier(rows, _thread_keys(inputs), inputs.output_dir / "frontier.png", title=title)
+
+
 #: ``(key, caption, plot function)`` in the order the figures appear; a function returns the PNG path or None.
 PLOTS: list[tuple[str, str, Callable[[ReportInputs], str | None]]] = [
     ("loss_curves", "Loss per epoch", plot_loss),
@@ -164,6 +181,7 @@ PLOTS: list[tuple[str, str, Callable[[ReportInputs], str | None]]] = [
     ("class_dice", "Per-class Dice (per slice)", plot_slice_dice),
     ("class_volume_dice", "Per-class Dice (per 3D case)", plot_volume_dice),
     ("overlays", "Prediction vs ground truth", plot_prediction_overlays),
+    ("frontier", "Accuracy against latency per slice", plot_accuracy_latency),
 ]
 
 
@@ -209,21 +227,27 @@ def section_table1(inputs: ReportInputs) -> list[str]:
     return lines
 
 
+def _thread_keys(inputs: ReportInputs) -> list[str]:
+    """The thread counts of the latency profile (``results["profile_threads"]``), as the profile's keys."""
+    return [str(t) for t in inputs.results.get("profile_threads") or []]
+
+
 def section_table2(inputs: ReportInputs) -> list[str]:
     from onenet_med.report.summary import markdown_table
 
     shape = inputs.results.get("profile_input")
+    threads = _thread_keys(inputs)
     rows = []
     for n, e in inputs.networks.items():
         prof, tr = e.get("profile", {}), e["training"]
+        latency = [prof.get(k, {}).get(t) for k in ("latency_ms", "latency_plain_ms") for t in threads]
         rows.append(
             [
                 n,
                 prof.get("params", 0) / 1e6 if prof else None,
                 prof.get("param_mb"),
                 prof.get("gflops"),
-                prof.get("latency_ms"),
-                prof.get("latency_plain_ms"),
+                *latency,
                 tr["iterations"],
                 tr["s_per_iteration"],
                 e["seconds"].get("train"),
@@ -235,32 +259,57 @@ def section_table2(inputs: ReportInputs) -> list[str]:
         "Params (M)",
         "Param size (MB)",
         f"GFLOPs / slice {tuple(shape) if shape else ''}",
-        "Latency / slice (ms)",
-        "Plain network (ms)",
+        *[f"Latency / slice (ms), {t} thread(s)" for t in threads],
+        *[f"Plain network (ms), {t} thread(s)" for t in threads],
         "Train iterations",
         "s / iteration",
         "Train wall (s)",
         "Evaluate wall (s)",
     ]
-    threads = inputs.results.get("profile_threads") or "default"
     return [
         "## Table 2: size and speed",
         "",
         markdown_table(header, rows, digits=3),
-        "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median "
-        f"no-grad forward pass of one slice (batch 1) on this machine ({threads} thread(s)) by the inference copy "
-        "that prediction uses (onenet_med.networks.optimize_for_inference: BatchNorm folded, oneDNN on CPU); plain "
-        "network: the trained modules in eval mode, same rounds. s / iteration: median training step from the "
-        "TensorBoard wall times (validation excluded). Wall times include process start-up, data loading, validation "
-        "and checkpoints. A shared machine makes every timing noisy; compare rows of the same run.",
+        "GFLOPs: true FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add = 2). Latency: median of "
+        f"{inputs.results.get('profile_repeats', 5)} no-grad forward passes of one slice (batch 1) on this machine by "
+        "the inference copy that prediction uses (onenet_med.networks.optimize_for_inference: BatchNorm folded, oneDNN "
+        "on CPU), at each thread count; plain "
+        "network: the trained modules in eval mode. All networks and thread counts are timed in the same interleaved "
+        "rounds. s / iteration: median training step from the TensorBoard wall times (validation excluded). Wall "
+        "times include process start-up, data loading, validation and checkpoints. A shared machine makes every "
+        "timing noisy; compare rows of the same run.",
         "",
     ]
+
+
+def section_frontier(inputs: ReportInputs) -> list[str]:
+    from onenet_med.report.summary import markdown_table
+
+    rows, threads = inputs.frontier, _thread_keys(inputs)
+    if not rows:
+        return []
+    header = ["Method", "Width", "Mean Dice", "GFLOPs / slice"]
+    header += [f"Latency (ms), {t} thread(s)" for t in threads] + [f"Pareto-optimal, {t} thread(s)" for t in threads]
+    table = [
+        [r["label"], r["width"], r["accuracy"], r["gflops"], *(r["latency_ms"][t] for t in threads),
+         *("yes" if r["pareto"][t] else "" for t in threads)]
+        for r in rows
+    ]  # fmt: skip
+    lines = ["## Accuracy against latency", "", markdown_table(header, table, digits=3)]
+    lines.append(
+        "Mean Dice: held-out, per 2D slice (Table 1); latency: the inference copy of Table 2, one slice at batch 1, "
+        "all networks and thread counts in the same interleaved rounds. Pareto-optimal: no other network here is "
+        "at least as fast and at least as accurate (one of the two strictly) at that thread count."
+    )
+    if "frontier" in inputs.files:
+        lines += ["", f"![Accuracy against latency per slice]({os.path.basename(inputs.files['frontier'])})"]
+    return [*lines, ""]
 
 
 def section_plots(inputs: ReportInputs) -> list[str]:
     lines = ["## Plots", ""]
     for key, caption, _ in PLOTS:
-        if key in inputs.files:
+        if key in inputs.files and key != "frontier":  # the frontier is shown under its table
             lines += [f"![{caption}]({os.path.basename(inputs.files[key])})", ""]
     return lines
 
@@ -307,6 +356,7 @@ SECTIONS: list[Callable[[ReportInputs], list[str]]] = [
     section_checks,
     section_table1,
     section_table2,
+    section_frontier,
     section_plots,
     section_prediction,
     section_commands,

@@ -15,7 +15,14 @@ import numpy as np
 from onenet_med.engine.atomic import atomic_path
 from onenet_med.report.curves import RunCurves
 
-__all__ = ["CLASS_COLOURS", "plot_class_dice", "plot_dice_curves", "plot_loss_curves", "plot_overlays"]
+__all__ = [
+    "CLASS_COLOURS",
+    "plot_class_dice",
+    "plot_dice_curves",
+    "plot_frontier",
+    "plot_loss_curves",
+    "plot_overlays",
+]
 
 #: RGBA overlay colours of classes 1.. (background is transparent): blue, orange, green, red, purple, ...
 CLASS_COLOURS: tuple[tuple[float, float, float], ...] = (
@@ -173,6 +180,60 @@ def plot_class_dice(
     ax.set_title(title or "Per-class Dice on the held-out cases")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", ncol=min(len(models), 4), frameon=False)
+    return _save(fig, path)
+
+
+def plot_frontier(
+    rows: Sequence[Mapping],
+    threads: Sequence[str],
+    path: str | os.PathLike,
+    title: str | None = None,
+    ylabel: str = "held-out mean Dice (per slice)",
+) -> str:
+    """Accuracy against latency per slice, one panel per thread count: one colour per network, its widths joined
+    by a line and written beside the points, the Pareto-optimal points ringed and joined by a dashed step line.
+
+    Args:
+        rows: :func:`onenet_med.report.frontier.frontier_rows` (``label``, ``network``, ``width``, ``accuracy``,
+            ``latency_ms`` and ``pareto`` per thread count); rows without a value are left out of a panel.
+        threads: thread counts, one panel each (keys of ``latency_ms``).
+        path: PNG to write.
+        title: figure title.
+        ylabel: y axis label.
+    """
+    plt = _pyplot()
+    networks = list(dict.fromkeys(row["network"] for row in rows))
+    colours = _model_colours(networks)
+    fig, axes = plt.subplots(1, len(threads), figsize=(6.0 * len(threads), 4.8), squeeze=False, sharey=True)
+    for ax, t in zip(axes[0], threads):
+        drawn = [r for r in rows if r["latency_ms"].get(t) is not None and r["accuracy"] is not None]
+        for network in networks:
+            points = sorted((r for r in drawn if r["network"] == network), key=lambda r: r["latency_ms"][t])
+            if not points:
+                continue
+            xs, ys = [r["latency_ms"][t] for r in points], [r["accuracy"] for r in points]
+            ax.plot(xs, ys, "o-", color=colours[network], label=network, markersize=6, linewidth=1)
+            for r in points:
+                if r.get("width") is not None:
+                    ax.annotate(f"{r['width']}", (r["latency_ms"][t], r["accuracy"]), textcoords="offset points",
+                                xytext=(4, -10), fontsize=7, color=colours[network])  # fmt: skip
+        front = sorted((r for r in drawn if r.get("pareto", {}).get(t)), key=lambda r: r["latency_ms"][t])
+        if front:
+            xs, ys = [r["latency_ms"][t] for r in front], [r["accuracy"] for r in front]
+            ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label="Pareto front")
+            ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.2, zorder=3)
+        if drawn:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"latency per slice, batch 1, {t} thread(s) (ms, log scale)")
+        ax.set_title(f"{t} thread(s)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8, loc="lower right", frameon=False)
+    fig.suptitle(title or "Accuracy against latency (numbers: widths; ringed: Pareto-optimal)")
     return _save(fig, path)
 
 
