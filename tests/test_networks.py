@@ -4,6 +4,7 @@ layers with the paper's literal Conv1d forms, gradients, receptive field, TorchS
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -522,7 +523,20 @@ def test_torchscript_round_trip(name):
 # ---------------------------------------------------------------- ONNX
 
 
-def _onnx_round_trip(net: nn.Module, tmp_path, dynamo: bool) -> None:
+EXPORT_CHECK_SHAPES = [(1, 3, 50, 37), (3, 3, 80, 96), (1, 3, 13, 7)]  # sizes other than the export size
+
+
+def _onnx_round_trip(
+    net: nn.Module,
+    tmp_path,
+    dynamo: bool,
+    shapes: list[tuple[int, ...]] = EXPORT_CHECK_SHAPES,
+    reference: nn.Module | None = None,
+    make_input: Callable[..., torch.Tensor] = torch.randn,
+) -> str:
+    """Export ``net`` to ONNX with dynamic batch/height/width and check ONNX Runtime's logits at ``shapes`` against
+    ``reference`` (default: ``net`` itself) within 1e-4, with the same argmax when a reference is given.
+    Returns the path of the ONNX file."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     if dynamo:
@@ -532,7 +546,7 @@ def _onnx_round_trip(net: nn.Module, tmp_path, dynamo: bool) -> None:
     with torch.no_grad():
         torch.onnx.export(
             net,
-            (torch.randn(2, 3, 64, 48),),
+            (make_input(2, 3, 64, 48),),
             path,
             input_names=["image"],
             output_names=["logits"],
@@ -540,13 +554,17 @@ def _onnx_round_trip(net: nn.Module, tmp_path, dynamo: bool) -> None:
             dynamo=dynamo,
         )
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for shape in [(1, 3, 50, 37), (3, 3, 80, 96), (1, 3, 13, 7)]:  # sizes other than the export size
-        x = torch.randn(*shape)
+    for shape in shapes:
+        x = make_input(*shape)
         with torch.no_grad():
-            expected = net(x).numpy()
+            expected = (net if reference is None else reference)(x)
         (out,) = session.run(None, {"image": x.numpy()})
+        out = torch.from_numpy(out)
         assert out.shape == expected.shape
-        assert abs(out - expected).max() <= 1e-4
+        assert (out - expected).abs().max() <= 1e-4
+        if reference is not None:
+            assert torch.equal(out.argmax(1), expected.argmax(1))
+    return path
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -17,6 +17,7 @@ from parameterized import parameterized
 from onenet_med.networks import AxialContext, OneNet, get_network
 from onenet_med.networks.context import axial_mix, axial_mix_matmul, toeplitz
 from onenet_med.profiling import count_parameters, receptive_field
+from tests.test_networks import EXPORT_CHECK_SHAPES, _onnx_round_trip
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -253,45 +254,22 @@ def test_context_torchscript_round_trip(name, overrides):
             torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-5)
 
 
-def _onnx_round_trip(net, tmp_path, dynamo: bool) -> None:
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    if dynamo:
-        pytest.importorskip("onnxscript")
-    path = str(tmp_path / "net.onnx")
-    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-    with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (torch.randn(2, 3, 64, 48),),
-            path,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes=axes,
-            dynamo=dynamo,
-        )
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+def _context_onnx_round_trip(net, tmp_path, dynamo: bool) -> None:
     # other sizes than the export's, including a bottleneck longer than the taps' reach (16 x 600 -> 1 x 38)
-    for shape in [(1, 3, 50, 37), (3, 3, 80, 96), (1, 3, 13, 7), (1, 3, 16, 600)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            expected = net(x).numpy()
-        (out,) = session.run(None, {"image": x.numpy()})
-        assert out.shape == expected.shape
-        assert abs(out - expected).max() <= 1e-4
+    _onnx_round_trip(net, tmp_path, dynamo, shapes=[*EXPORT_CHECK_SHAPES, (1, 3, 16, 600)])
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name,overrides", CTX_EXPORT)
 def test_context_onnx_torchscript_exporter_dynamic_sizes(name, overrides, tmp_path):
-    _onnx_round_trip(get_network(name, 3, 2, features=4, **overrides).eval(), tmp_path, dynamo=False)
+    _context_onnx_round_trip(get_network(name, 3, 2, features=4, **overrides).eval(), tmp_path, dynamo=False)
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name,overrides", CTX_EXPORT[:2])
 def test_context_onnx_dynamo_exporter_dynamic_sizes(name, overrides, tmp_path):
-    _onnx_round_trip(get_network(name, 3, 2, features=4, **overrides).eval(), tmp_path, dynamo=True)
+    _context_onnx_round_trip(get_network(name, 3, 2, features=4, **overrides).eval(), tmp_path, dynamo=True)
 
 
 # ---------------------------------------------------------------- the position-dependent task

@@ -20,6 +20,7 @@ from onenet_med.networks import (
     register_inference_converter,
 )
 from onenet_med.networks.optimize import FastConv2d, _use_onednn, fold_across_shuffle
+from tests.test_networks import _onnx_round_trip
 
 ONENET_NAMES = [f"onenet_{v}{lv}{s}" for v in ("e", "ed") for lv in (4, 5) for s in ("", "_s")]
 ONENET_NAMES += ["onenet_ed4_ctx", "onenet_ed5_ctx"]  # image-wide context at the deepest level
@@ -381,33 +382,8 @@ def test_torchscript_of_optimized_equals_plain(name):
         assert_same_logits(plain, loaded, smooth_image(*shape))
 
 
-def _onnx_equals_plain(plain: nn.Module, fast: nn.Module, tmp_path, dynamo: bool) -> None:
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    if dynamo:
-        pytest.importorskip("onnxscript")
-    path = str(tmp_path / "fast.onnx")
-    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-    with torch.no_grad():
-        torch.onnx.export(
-            fast,
-            (smooth_image(2, 3, 64, 48),),
-            path,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes=axes,
-            dynamo=dynamo,
-        )
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for shape in [(1, 3, 50, 37), (3, 3, 80, 96), (1, 3, 13, 7)]:
-        x = smooth_image(*shape)
-        with torch.no_grad():
-            expected = plain(x)
-        (out,) = session.run(None, {"image": x.numpy()})
-        out = torch.from_numpy(out)
-        assert out.shape == expected.shape
-        assert (out - expected).abs().max() <= TOLERANCE
-        assert torch.equal(out.argmax(1), expected.argmax(1))
+def _onnx_equals_plain(plain: nn.Module, fast: nn.Module, tmp_path, dynamo: bool) -> str:
+    return _onnx_round_trip(fast, tmp_path, dynamo, reference=plain, make_input=smooth_image)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -428,8 +404,8 @@ def test_portable_onnx_uses_depth_to_space_and_no_clamps(name, clamps, tmp_path)
     read by the context block through zero-padded mixing); same logits."""
     onnx = pytest.importorskip("onnx")
     plain = build(name)
-    _onnx_equals_plain(plain, optimize_for_inference(plain, portable=True), tmp_path, dynamo=False)
-    nodes = onnx.load(str(tmp_path / "fast.onnx")).graph.node
+    path = _onnx_equals_plain(plain, optimize_for_inference(plain, portable=True), tmp_path, dynamo=False)
+    nodes = onnx.load(path).graph.node
     ops = collections.Counter(node.op_type for node in nodes)
     # no 6-D transposes (the grouped shuffle's); smaller ones transpose index tensors (padding, context block)
     perms = [list(a.ints) for n in nodes if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
