@@ -69,7 +69,10 @@ def test_onnxruntime_backends(tmp_path):
     rows = report["networks"]
     assert list(rows) == ["onenet_ed4", "onenet_ed4 (onnxruntime)", "onenet_ed4 (onnxruntime-int8)"]
     assert [r["backend"] for r in rows.values()] == ["torch", "onnxruntime", "onnxruntime-int8"]
-    assert len({r["parameters"] for r in rows.values()}) == 1  # the same inference copy, exported
+    # both ONNX Runtime rows run the export of the portable inference copy (its extra shuffle groups carry the
+    # decoder's BatchNorm offsets: a few more parameters than the torch backend's fast-path copy)
+    torch_row, fp32_row, int8_row = rows.values()
+    assert fp32_row["parameters"] == int8_row["parameters"] > torch_row["parameters"]
     for row in rows.values():
         assert row["slices"] == 3 and row["volumes_per_minute"] == 60 / row["end_to_end_seconds"]
         assert "forward_seconds" in row  # the reference network: forward times for every backend
