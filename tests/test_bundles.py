@@ -548,7 +548,7 @@ def exported_roundtrip(bundles: list[str], tmp_path: Path, env: dict[str, str]) 
     before = checkout_state()
     extracted, workdir = tmp_path / "extracted", tmp_path / "elsewhere"
     workdir.mkdir()
-    assert not str(extracted).startswith(REPO_ROOT)
+    assert not extracted.resolve().is_relative_to(Path(REPO_ROOT).resolve())
     steps, expected = [], []
     for bundle in bundles:
         assert main(["bundle", "export", "--bundle", str(BUNDLES_DIR / bundle), "--out", str(tmp_path / "dist")]) == 0
