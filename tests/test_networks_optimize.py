@@ -4,6 +4,7 @@ name, both orderings, no norm, odd sizes, batches), leaves the model alone, scri
 from __future__ import annotations
 
 import collections
+import copy
 import io
 
 import pytest
@@ -16,9 +17,11 @@ from onenet_med.networks import (
     AxialContext,
     OneNet,
     get_network,
+    optimize,
     optimize_for_inference,
     register_inference_converter,
 )
+from onenet_med.networks.blocks import ChannelDense
 from onenet_med.networks.optimize import FastConv2d, _use_onednn, fold_across_shuffle
 from tests.test_networks import _onnx_round_trip
 
@@ -149,6 +152,61 @@ def test_negative_batchnorm_scales_are_exact():
                     m.weight.uniform_(low, high)
         assert_same_logits(plain, optimize_for_inference(plain), x)
         assert_same_logits(plain, optimize_for_inference(plain, portable=True), x)
+
+
+# ---------------------------------------------------------------- float32 accuracy of the folds
+
+
+def near_constant_channel(layer: ChannelDense) -> None:
+    """Make channel 0 of a Conv -> ReLU -> BN layer what a trained model's stem had: ReLU outputs ~0.4 that barely
+    vary, BN running variance 0 (scale ~316), so its BN shift (~ -126) is ~100x the layer's outputs."""
+    with torch.no_grad():
+        layer.conv.weight[0], layer.conv.bias[0] = 0.01, 0.4
+        bn = layer.adn.N
+        bn.running_var[0], bn.running_mean[0], bn.weight[0], bn.bias[0] = 0.0, 0.4, 1.0, 0.0
+
+
+def test_large_batchnorm_shift_keeps_its_clamp():
+    """Moving such a shift into the next layer (a fused ReLU, the shift in the reader's bias) makes the reader sum
+    terms ~100x its result, which cost the trained model 7e-4 on its logits; the layer keeps its clamp instead,
+    and the optimized pair is closer to a float64 run than the float32 pair itself (released: about as far)."""
+    torch.manual_seed(0)
+    pair = trained_like(nn.Sequential(ChannelDense(1, 16), ChannelDense(16, 16))).eval()
+    near_constant_channel(pair[0])
+    x = smooth_image(2, 1, 48, 64)
+    with torch.no_grad():
+        reference = copy.deepcopy(pair).double()(x.double())
+        fast = optimize_for_inference(pair)
+        fast_error = float((fast(x).double() - reference).abs().max())
+        plain_error = float((pair(x).double() - reference).abs().max())
+    assert fast_error <= plain_error / 2, (fast_error, plain_error)
+    assert fast[0].clamp
+
+    plain = build("onenet_ed4", features=16, in_channels=1)
+    near_constant_channel(plain.stem[0])
+    fast = optimize_for_inference(plain)
+    assert fast.stem[0].clamp and not fast.stem[1].clamp
+    assert not hasattr(fast.stem[0], "_shift_ratio") and not hasattr(fast.stem[0], "_exact_bias")
+    assert_same_logits(plain, fast, smooth_image(2, 1, 48, 64))
+
+
+def test_released_bias_is_rounded_once(monkeypatch):
+    """Releasing a clamp subtracts the BN shift ``t`` from the folded bias ``b s + t``: from the float64 value, not
+    from its float32 rounding (which loses ``b s`` to the ulp of ``t``)."""
+    monkeypatch.setattr(optimize, "MAX_SHIFT_RATIO", float("inf"))
+    conv, bn = nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1, eps=0.0).eval()
+    with torch.no_grad():  # powers of two: s = 128 and t = -1024 exactly
+        conv.weight.fill_(1.0)
+        conv.bias.fill_(0.1234)
+        bn.running_var.fill_(2.0**-14)
+        bn.running_mean.fill_(8.0)
+    layer = FastConv2d.from_conv(conv, [nn.ReLU(), bn])
+    exact = float(conv.bias) * 128
+    rounded_then_shifted = float(torch.tensor(exact - 1024.0, dtype=torch.float32).double() + 1024.0)
+    assert abs(rounded_then_shifted - exact) > 1e-5  # what the float32 bias alone would give
+    sign, shift = layer.release_output_affine()
+    assert float(shift) == -1024.0 and float(sign) == 1.0 and layer.relu and not layer.clamp
+    assert abs(float(layer.bias) - exact) <= 1e-6
 
 
 # ---------------------------------------------------------------- the BatchNorm fold across a pixel shuffle

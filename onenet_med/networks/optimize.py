@@ -58,6 +58,10 @@ POST_NONE, POST_RELU, POST_CLAMP = 0, 1, 2
 #: a 1024 -> 1024 layer on 32x32 pixels 13.8 ms with addmm, 15.1 ms with oneDNN; 64x64 pixels: 3.7 vs 3.4 ms)
 ADDMM_MAX_PIXELS = 2048
 
+#: a Conv -> ReLU -> BN layer keeps its clamp (instead of a fused ReLU, the BN shift moved into the next layer)
+#: when its shift is more than this many times its outputs' size (:func:`_shift_ratio`): float32 accuracy first
+MAX_SHIFT_RATIO = 16.0
+
 _HAS_POINTWISE = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
 
 
@@ -194,10 +198,11 @@ class FastConv2d(nn.Module):
             weight = weight * scale.view(-1, 1, 1, 1)
             bias = bias * scale + shift
             rest = rest[1:]
-        post, lo, hi = POST_NONE, None, None
+        post, lo, hi, shift_ratio = POST_NONE, None, None, 0.0
         if rest and _is_relu(rest[0]):
             if len(rest) > 1 and _foldable_bn(rest[1]):
                 scale, shift = _bn_affine(rest[1])
+                shift_ratio = _shift_ratio(rest[1], shift)
                 weight = weight * scale.view(-1, 1, 1, 1)
                 bias = bias * scale + shift
                 inf = torch.full_like(shift, float("inf"))
@@ -210,7 +215,10 @@ class FastConv2d(nn.Module):
         if rest:
             act = copy.deepcopy(nn.Sequential(*rest) if len(rest) > 1 else rest[0]).eval()
         lo, hi = (v.to(dtype) if v is not None else None for v in (lo, hi))
-        return cls(weight.to(dtype), bias.to(dtype), conv.stride, conv.padding, conv.groups, post, lo, hi, act)
+        layer = cls(weight.to(dtype), bias.to(dtype), conv.stride, conv.padding, conv.groups, post, lo, hi, act)
+        layer._exact_bias = bias
+        layer._shift_ratio = shift_ratio
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_onednn(x):
@@ -236,6 +244,19 @@ class FastConv2d(nn.Module):
         return self.act(y)
 
     # ---- rewrites used while optimising (not in forward)
+    # They work on the float64 bias as folded (``_exact_bias``, dropped when optimising ends): a folded
+    # Conv -> ReLU -> BN bias is ``b * s + t``, and recovering ``b * s`` from its float32 rounding would cancel
+    # (a BatchNorm channel of running variance ~0 has s ~ 316 and cost 2e-3 on a trained model's logits).
+
+    def bias64(self) -> torch.Tensor:
+        """The bias in float64, unrounded while optimising."""
+        exact = getattr(self, "_exact_bias", None)
+        return exact if exact is not None else self.bias.detach().double()
+
+    def set_bias64(self, bias: torch.Tensor) -> None:
+        """Set the bias from float64 values (rounded once into the parameter; the float64 copy is kept)."""
+        self.bias = nn.Parameter(bias.to(self.weight.dtype).contiguous(), False)
+        self._exact_bias = bias.detach().double()
 
     def release_output_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Turn a folded Conv -> ReLU -> BN clamp into a fused ReLU and return what the consumer must apply.
@@ -247,6 +268,8 @@ class FastConv2d(nn.Module):
         """
         if not self.clamp or not isinstance(self.act, nn.Identity):
             return None
+        if getattr(self, "_shift_ratio", 0.0) > MAX_SHIFT_RATIO:  # consumers would cancel large terms: keep it
+            return None
         lo = self.lo.detach().flatten().double()
         hi = self.hi.detach().flatten().double()
         positive = torch.isfinite(lo)
@@ -254,7 +277,7 @@ class FastConv2d(nn.Module):
         sign = torch.where(positive, 1.0, -1.0).to(shift)
         with torch.no_grad():
             self.weight.mul_(sign.view(-1, 1, 1, 1).to(self.weight))
-            self.bias.copy_(((self.bias.double() - shift) * sign).to(self.bias))
+        self.set_bias64((self.bias64() - shift) * sign)
         self.post, self.relu, self.clamp = POST_RELU, True, False
         self.lo = self.lo.new_zeros(0)
         self.hi = self.hi.new_zeros(0)
@@ -271,8 +294,8 @@ class FastConv2d(nn.Module):
         stop = start + sign.numel()
         with torch.no_grad():
             part = self.weight[:, start:stop].double()
-            self.bias.add_((part * shift.view(1, -1, 1, 1)).sum((1, 2, 3)).to(self.bias))
             self.weight[:, start:stop] = (part * sign.view(1, -1, 1, 1)).to(self.weight)
+        self.set_bias64(self.bias64() + (part * shift.view(1, -1, 1, 1)).sum((1, 2, 3)))
         self._refresh()
 
     def permute_outputs(self, order: torch.Tensor) -> None:
@@ -281,7 +304,8 @@ class FastConv2d(nn.Module):
             raise ValueError("cannot permute the outputs of a layer with an activation module")
         with torch.no_grad():
             self.weight.copy_(self.weight[order])
-            self.bias.copy_(self.bias[order])
+        self.set_bias64(self.bias64()[order])
+        with torch.no_grad():
             if self.lo.numel():
                 self.lo = self.lo[:, order].contiguous()
                 self.hi = self.hi[:, order].contiguous()
@@ -350,7 +374,7 @@ def fold_across_shuffle(producer: nn.Module, consumer: nn.Module, start: int, ma
     channels = sign.shape[0]
     negative = torch.nonzero((sign < 0).any(1)).flatten().tolist()
     weight = producer.weight.detach().double()
-    bias = producer.bias.detach().double()
+    bias = producer.bias64()
     rows = weight.view(channels, 4, *weight.shape[1:])
     row_bias = bias.view(channels, 4)
     positive_rows = torch.where((sign > 0).view(channels, 4, 1, 1, 1), rows, 0.0)
@@ -367,16 +391,16 @@ def fold_across_shuffle(producer: nn.Module, consumer: nn.Module, start: int, ma
     skip_columns, up_columns = reader[:, :start], reader[:, start:]
     offsets = up_columns @ (shift[:, 1:] - shift[:, :1])  # (O, 3): W (t_k - t_0)
     new_reader = torch.cat([skip_columns, up_columns, -up_columns[:, negative], offsets / marker], dim=1)
-    consumer_bias = consumer.bias.detach().double() + up_columns @ shift[:, 0]
+    consumer_bias = consumer.bias64() + up_columns @ shift[:, 0]
 
     dtype = producer.weight.dtype
     producer.weight = nn.Parameter(new_weight.to(dtype).contiguous(memory_format=torch.channels_last), False)
-    producer.bias = nn.Parameter(new_bias.to(dtype), False)
+    producer.set_bias64(new_bias)
     producer._refresh()
     consumer.weight = nn.Parameter(
         new_reader[:, :, None, None].to(dtype).contiguous(memory_format=torch.channels_last), False
     )
-    consumer.bias = nn.Parameter(consumer_bias.to(dtype), False)
+    consumer.set_bias64(consumer_bias)
     consumer._refresh()
     return True
 
@@ -589,20 +613,20 @@ def _top_per_subpixel_layers(producer: nn.Module, top: FastUpStage, head: nn.Mod
         layer.weight = nn.Parameter(
             weight[:, :, None, None].to(dtype).contiguous(memory_format=torch.channels_last), False
         )
-        layer.bias = nn.Parameter(bias.to(dtype), False)
+        layer.set_bias64(bias)
         layer.groups = groups
         layer._refresh()
 
-    w1, b1 = top.dense1.weight.detach().double()[:, :, 0, 0], top.dense1.bias.detach().double()
+    w1, b1 = top.dense1.weight.detach().double()[:, :, 0, 0], top.dense1.bias64()
     set_layer(
         top.dense1,
         torch.cat([w1 * sign[:, k] for k in range(4)]),
         torch.cat([b1 + w1 @ shift[:, k] for k in range(4)]),
         4,
     )
-    w2, b2 = top.dense2.weight.detach().double()[:, :, 0, 0], top.dense2.bias.detach().double()
+    w2, b2 = top.dense2.weight.detach().double()[:, :, 0, 0], top.dense2.bias64()
     set_layer(top.dense2, w2.repeat(4, 1), b2.repeat(4), 4)
-    wh, bh = head.weight.detach().double()[:, :, 0, 0], head.bias.detach().double()
+    wh, bh = head.weight.detach().double()[:, :, 0, 0], head.bias64()
     k_out, width = wh.shape
     block = torch.zeros(k_out, 4, 4, width, dtype=torch.float64)  # (o, k, k', c): output o * 4 + k reads block k
     for k in range(4):
@@ -731,6 +755,9 @@ def optimize_for_inference(model: nn.Module, portable: bool = False) -> nn.Modul
         for module in fast.modules():
             if isinstance(module, FastEDDecoder):
                 module.make_portable()
+    for module in fast.modules():  # the float64 biases of the rewrites are not part of the model
+        module.__dict__.pop("_exact_bias", None)
+        module.__dict__.pop("_shift_ratio", None)
     return fast
 
 
@@ -818,6 +845,19 @@ def _is_relu(module: nn.Module) -> bool:
 def _foldable_bn(module: nn.Module) -> bool:
     """An eval-mode BatchNorm2d that uses running statistics (a per-channel affine)."""
     return type(module) is nn.BatchNorm2d and module.running_mean is not None and module.running_var is not None
+
+
+def _shift_ratio(bn: nn.BatchNorm2d, shift: torch.Tensor) -> float:
+    """``max |t| / (|beta| + |gamma|)`` over channels: how much larger the BN shift ``t`` is than its outputs.
+
+    Moving ``t`` out of a Conv -> ReLU -> BN layer (:meth:`FastConv2d.release_output_affine`) leaves ``|s| * relu(z)``,
+    about ``|t|`` in size, for the next layer to sum with ``W t`` in its bias, which cancels: ratios of 1-3 are
+    usual; a channel of tiny running variance and positive mean (``s`` ~ 300) gives ~100, and its release cost a
+    trained model 7e-4 on the logits (1e-5 with the clamp kept).
+    """
+    gamma = bn.weight.detach().double().abs() if bn.weight is not None else torch.ones_like(shift)
+    beta = bn.bias.detach().double().abs() if bn.bias is not None else torch.zeros_like(shift)
+    return float((shift.abs() / (gamma + beta).clamp(min=1e-12)).max()) if shift.numel() else 0.0
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
