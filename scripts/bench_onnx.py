@@ -3,26 +3,30 @@
 
 Two parts (the issue's must-show for the ONNX Runtime backend):
 
-``speed``: one network (default ``onenet_ed4`` at paper width, 1x3x256x256, random weights with BatchNorm
-statistics of random inputs) as PyTorch (plain, and ``optimize_for_inference``), ONNX Runtime fp32 and ONNX
-Runtime int8 (static QDQ, per-channel weights, calibrated on ``--calibration-slices`` random N(0, 1) slices: the
-speed does not depend on the calibration data; ``ort_int8`` keeps the first two convolutions float as
-``onenet-med export`` does by default, ``ort_int8_all`` quantizes every convolution), exported with
-``onenet_med.inference.export`` exactly as ``onenet-med export`` does. All are timed in one interleaved run at each
-thread count (``onenet_med.profiling.measure_latency``, ORT sessions with the same intra-op thread count), medians
-reported with GFLOP/s (``torch.utils.flop_counter`` FLOPs of the plain network), the file sizes, the largest
-|difference| of ORT fp32 logits from PyTorch's, and the CPU's VNNI flag. ``--profile`` adds ONNX Runtime's per-operator
-profile (time by op type, int8 and fp32, at the largest thread count) and the op types that stay in float in the
-int8 graph after ORT's graph optimisation. ``--plain`` also exports the network without the optimisation
-(BatchNorm as its own op) for comparison; ``--no-bn-bound`` the network with every BatchNorm removed (Conv + ReLU
-only, the same convolutions): what fp32 and int8 would cost if every BatchNorm were folded away, a bound for the
-analysis, not a model to use.
+``speed``: one network (default ``onenet_ed4`` at paper width, 1x3x256x256, random weights with BatchNorm statistics
+of random inputs) as PyTorch (plain, and ``optimize_for_inference``), ONNX Runtime fp32 and ONNX Runtime int8
+(static QDQ, per-channel weights, calibrated on ``--calibration-slices`` random N(0, 1) slices: the speed does not
+depend on the calibration data; ``ort_int8`` keeps the first two convolutions float as ``onenet-med export`` does by
+default, ``ort_int8_all`` quantizes every convolution), exported with ``onenet_med.inference.export`` exactly as
+``onenet-med export`` does. All are timed in one interleaved run at each thread count
+(``onenet_med.profiling.measure_latency``, ORT sessions with the same intra-op thread count), medians reported with
+GFLOP/s (``torch.utils.flop_counter`` FLOPs of the plain network); the ORT sessions run with ONNX Runtime's thread
+spinning off (``OnnxRuntimeNetwork(spinning=False)``), since sessions that take turns on the same cores otherwise
+slow each other down (``--spinning`` keeps ORT's default to show it); the file sizes, the largest |difference| of
+ORT fp32 logits from PyTorch's, and the CPU's VNNI flag. ``--profile`` adds ONNX Runtime's per-operator profile
+(time by op type, int8 and fp32, at the largest thread count) and the op types that stay in float in the int8 graph
+after ORT's graph optimisation. ``--plain`` also exports the network without the optimisation (BatchNorm as its own
+op) for comparison; ``--no-bn-bound`` the network with every BatchNorm removed (Conv + ReLU only, the same
+convolutions): what fp32 and int8 would cost if every BatchNorm were folded away, a bound for the analysis, not a
+model to use.
 
 ``dice``: a trained bundle (the demo, ``bundle_root`` holding ``models/model.pt``) exported as fp32 and int8
 with ``onenet-med export`` (calibrated on the bundle's training data), the held-out validation case(s) predicted
 with the torch backend and with ONNX Runtime fp32 and int8 (``Predictor``, same preprocessing, slicing and
 inversion), Dice against the ground truth with the project's metric code (``onenet_med.metrics``, per 2D
-slice and per case), and the largest |difference| of fp32 ORT logits from PyTorch's on the held-out slices.
+slice and per case), the largest |difference| of fp32 ORT logits from PyTorch's on the held-out slices, and of
+each float32 form (ORT, the torch backend, the trained network as it is) from the trained network run in
+float64: how much of the difference is float32 rounding.
 
 Usage::
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import logging
 import os
@@ -106,6 +111,7 @@ def _op_profile(path: str, x: np.ndarray, threads: int, runs: int) -> dict[str, 
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the timed sessions
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(os.path.dirname(path), "ort_profile")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -189,7 +195,9 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     for threads in args.threads:
         torch.set_num_threads(threads)
         models = {} if args.skip_torch else {"torch_plain": net, "torch_optimized": optimized}
-        models.update({k: OnnxRuntimeNetwork(p, threads=threads) for k, p in files.items()})
+        # spinning off: the sessions take turns with each other and with torch on the same cores, and an idle
+        # session's spin-waiting threads would hold the cores of the one running (2 threads: int8 66 -> 39 ms)
+        models.update({k: OnnxRuntimeNetwork(p, threads=threads, spinning=args.spinning) for k, p in files.items()})
         times = measure_latency(models, shape, repeats=args.repeats, warmup=args.warmup, threads=threads)
         results[threads] = {
             name: {
@@ -219,6 +227,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "logits": logits,
         "latency": results,
         "profile_ms_per_run": profile,
+        "ort_spinning": args.spinning,
         "cpu_vnni": _has_vnni(),
         "onnxruntime": import_onnxruntime().__version__,
         "torch": torch.__version__,
@@ -232,7 +241,7 @@ def print_speed(r: dict[str, Any]) -> None:
     print(
         f"{r['network']} (width {r['width'] or 'default'}), input {shape}, {r['gflop']:.2f} GFLOP, "
         f"median of {r['repeats']} interleaved passes; onnxruntime {r['onnxruntime']}, torch {r['torch']}, "
-        f"AVX-512 VNNI: {r['cpu_vnni']}"
+        f"AVX-512 VNNI: {r['cpu_vnni']}; ORT thread spinning {'on' if r['ort_spinning'] else 'off'}"
     )
     print(f"load average at start: {r['loadavg_start']}; at end: {r['loadavg_end']}")
     for threads, rows in r["latency"].items():
@@ -305,6 +314,8 @@ def dice(args: argparse.Namespace) -> dict[str, Any]:
     plain_network = Predictor.from_bundle(
         args.bundle, checkpoint=checkpoint, overrides=overrides, device="cpu", optimize=False
     ).network
+    float64_network = copy.deepcopy(plain_network).double()
+    from_float64 = dict.fromkeys(("ort_fp32", "torch", "torch_plain"), 0.0)
     import nibabel as nib
 
     for case in cases:
@@ -325,8 +336,11 @@ def dice(args: argparse.Namespace) -> dict[str, Any]:
             expected = predictors["torch"].network(x)
             trained = plain_network(x)
             ort_fp32 = predictors["ort_fp32"].network(x)
+            exact = float64_network(x.double())  # what float32 rounding is measured against
         max_diff = max(max_diff, float((ort_fp32 - expected).abs().max()))
         max_diff_plain = max(max_diff_plain, float((ort_fp32 - trained).abs().max()))
+        for name, logits in (("ort_fp32", ort_fp32), ("torch", expected), ("torch_plain", trained)):
+            from_float64[name] = max(from_float64[name], float((logits.double() - exact).abs().max()))
     summary = {
         name: {
             key: float(np.mean([s[key] for s in per_case]))
@@ -345,6 +359,7 @@ def dice(args: argparse.Namespace) -> dict[str, Any]:
         "labels_equal_to_torch": {k: float(np.mean(v)) for k, v in labels_equal.items()},
         "ort_fp32_max_abs_logit_diff_on_held_out_slices": max_diff,
         "ort_fp32_max_abs_logit_diff_from_plain_on_held_out_slices": max_diff_plain,
+        "max_abs_logit_diff_from_float64_on_held_out_slices": from_float64,
         "int8_dice_minus_fp32": summary["ort_int8"]["dice"] - summary["ort_fp32"]["dice"],
         "loadavg_start": load_start,
         "loadavg_end": _loadavg(),
@@ -369,6 +384,10 @@ def print_dice(r: dict[str, Any]) -> None:
         f"(optimize_for_inference), {r['ort_fp32_max_abs_logit_diff_from_plain_on_held_out_slices']:.2e} against the "
         "trained network as it is (target <= 1e-4)"
     )
+    print(
+        "float32 rounding, max |diff| from the trained network run in float64: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in r["max_abs_logit_diff_from_float64_on_held_out_slices"].items())
+    )
     print(f"files: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in r['bytes'].items())}")
 
 
@@ -384,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--repeats", type=int, default=7)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--calibration-slices", type=int, default=16)
+    s.add_argument(
+        "--spinning", action="store_true", help="keep ONNX Runtime's thread spinning on in the timed sessions"
+    )
     s.add_argument("--profile", action="store_true", help="ORT per-op profile and the int8 graph's op types")
     s.add_argument("--plain", action="store_true", help="also export the network without optimize_for_inference")
     s.add_argument(

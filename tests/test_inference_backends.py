@@ -97,6 +97,18 @@ def test_session_uses_torchs_thread_count(exported_heart, threads):
     assert network.session.get_session_options().intra_op_num_threads == threads
 
 
+@pytest.mark.parametrize("spinning, entry", [(True, "1"), (False, "0")])
+def test_session_spinning_switch(exported_heart, spinning, entry):
+    """Benchmarks that interleave sessions turn ORT's spin-waiting off; the outputs do not change."""
+    network = OnnxRuntimeNetwork(exported_heart["onnx"], spinning=spinning)
+    assert network.spinning is spinning
+    options = network.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+    x = torch.randn(1, 1, 24, 32, generator=torch.Generator().manual_seed(0))
+    reference = OnnxRuntimeNetwork(exported_heart["onnx"])(x)
+    assert torch.equal(network(x), reference)
+
+
 def test_missing_onnxruntime_is_a_clear_error(exported_heart, monkeypatch, capsys, tmp_path):
     real_import = builtins.__import__
 

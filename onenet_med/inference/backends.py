@@ -143,6 +143,10 @@ class OnnxRuntimeNetwork(nn.Module):
             ``(B, C, H, W)`` float input and one ``(B, K, H, W)`` float output).
         device: ``cpu`` (CPUExecutionProvider) or ``cuda[:N]`` (CUDAExecutionProvider, needs ``onnxruntime-gpu``).
         threads: intra-op threads (default: ``torch.get_num_threads()``, the torch backend's).
+        spinning: let ONNX Runtime's intra-op threads spin-wait for the next run (its default). Turn it off when
+            several sessions (or torch) take turns on the same cores, as in an interleaved benchmark: an idle
+            session's spinning threads otherwise hold the cores of the one running (measured: ORT int8 at 2 threads
+            66 ms interleaved with spinning on, 39 ms with it off, 35 ms alone; ``scripts/bench_onnx.py``).
 
     Shapes:
         ``(B, C, H, W)`` float32 -> ``(B, K, H, W)`` float32 logits, on the input's device.
@@ -153,7 +157,13 @@ class OnnxRuntimeNetwork(nn.Module):
         ValueError: not an ONNX model, or not one 4D input and one 4D output (the message names the file).
     """
 
-    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        spinning: bool = True,
+    ):
         super().__init__()
         ort = import_onnxruntime()
         self.path = os.fspath(path)
@@ -176,6 +186,7 @@ class OnnxRuntimeNetwork(nn.Module):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
         except Exception as error:
@@ -195,6 +206,7 @@ class OnnxRuntimeNetwork(nn.Module):
         classes = outputs[0].shape[1]
         self.out_channels = (self.record or {}).get("out_channels", classes if isinstance(classes, int) else None)
         self.threads = options.intra_op_num_threads
+        self.spinning = spinning
         self.device = device
 
     def check(self, in_channels: int, out_channels: int, identity: Mapping[str, Any] | None = None) -> None:
