@@ -30,6 +30,7 @@ def test_speed_reports_latency_sizes_and_profile(tmp_path, capsys):
     assert data["logits"]["ort_fp32_vs_torch_optimized"] <= 1e-4 * max(1, data["logits"]["max_abs_logit"])
     assert "com.microsoft.QLinearConv" in data["profile_ms_per_run"]["int8_graph_ops_after_ort_optimisation"]
     assert "QLinearConv" in data["profile_ms_per_run"]["ort_int8"]
+    assert data["ort_spinning"] is False  # interleaved sessions must not spin on each other's cores
     assert "ORT int8 speed-up over ORT fp32" in capsys.readouterr().out
 
 
@@ -48,4 +49,6 @@ def test_dice_scores_every_backend(tmp_path, exported_heart, capsys):
     assert data["metrics"]["ort_fp32"] == data["metrics"]["torch"]
     assert data["int8_dice_minus_fp32"] == data["metrics"]["ort_int8"]["dice"] - data["metrics"]["ort_fp32"]["dice"]
     assert data["ort_fp32_max_abs_logit_diff_on_held_out_slices"] <= 1e-4
+    from_float64 = data["max_abs_logit_diff_from_float64_on_held_out_slices"]
+    assert set(from_float64) == {"ort_fp32", "torch", "torch_plain"} and 0 < max(from_float64.values()) <= 1e-4
     assert "int8 mean Dice - fp32 mean Dice" in capsys.readouterr().out
