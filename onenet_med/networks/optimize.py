@@ -11,7 +11,9 @@ which every convolution with its activation and normalisation becomes one :class
   a concatenation, a spatial layer, a zero-padded 3x3 convolution: the border zeros stay zeros), so no layer
   needs to know its consumer. Where the consumer is a 1x1 layer the clamp then moves into it (the ReLU stays
   fused); in the ``portable`` copy also across the pixel shuffle of an ed decoder stage
-  (:func:`fold_across_shuffle`), so that a -C OneNet-ed has no clamp left.
+  (:func:`fold_across_shuffle`), so that a -C OneNet-ed has no clamp left. The folds compute in float64 and round
+  once; a layer whose BN shift is far larger than its outputs (a channel of running variance ~0 and positive mean,
+  :data:`MAX_SHIFT_RATIO`) keeps its clamp, because moving that shift would make the consumer cancel large terms.
 - **oneDNN on CPU.** ``F.conv2d`` runs a 1x1 convolution through ``aten::_slow_conv2d_forward`` at one thread
   and small batches; on CPU float32 tensors the layers call oneDNN directly
   (``torch.ops.mkldnn._convolution_pointwise``, with the ReLU fused into the convolution; under TorchScript
