@@ -12,13 +12,13 @@ default, ``ort_int8_all`` quantizes every convolution), exported with ``onenet_m
 (``onenet_med.profiling.measure_latency``, ORT sessions with the same intra-op thread count), medians reported with
 GFLOP/s (``torch.utils.flop_counter`` FLOPs of the plain network); the ORT sessions run with ONNX Runtime's thread
 spinning off (``OnnxRuntimeNetwork(spinning=False)``), since sessions that take turns on the same cores otherwise
-slow each other down (``--spinning`` keeps ORT's default to show it); the file sizes, the largest |difference| of
-ORT fp32 logits from PyTorch's, and the CPU's VNNI flag. ``--profile`` adds ONNX Runtime's per-operator profile
-(time by op type, int8 and fp32, at the largest thread count) and the op types that stay in float in the int8 graph
-after ORT's graph optimisation. ``--plain`` also exports the network without the optimisation (BatchNorm as its own
-op) for comparison; ``--no-bn-bound`` the network with every BatchNorm removed (Conv + ReLU only, the same
-convolutions): what fp32 and int8 would cost if every BatchNorm were folded away, a bound for the analysis, not a
-model to use.
+slow each other down (``--spinning`` keeps ORT's default to show it; ``--sequential`` times each model in its own
+block of passes, as a user's single session runs); the file sizes, the largest |difference| of ORT fp32 logits from
+PyTorch's, and the CPU's VNNI flag. ``--profile`` adds ONNX Runtime's per-operator profile (time by op type, int8
+and fp32, at the largest thread count) and the op types that stay in float in the int8 graph after ORT's graph
+optimisation. ``--plain`` also exports the network without the optimisation (BatchNorm as its own op) for
+comparison; ``--no-bn-bound`` the network with every BatchNorm removed (Conv + ReLU only, the same convolutions):
+what fp32 and int8 would cost if every BatchNorm were folded away, a bound for the analysis, not a model to use.
 
 ``dice``: a trained bundle (the demo, ``bundle_root`` holding ``models/model.pt``) exported as fp32 and int8
 with ``onenet-med export`` (calibrated on the bundle's training data), the held-out validation case(s) predicted
@@ -198,7 +198,14 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         # spinning off: the sessions take turns with each other and with torch on the same cores, and an idle
         # session's spin-waiting threads would hold the cores of the one running (2 threads: int8 66 -> 39 ms)
         models.update({k: OnnxRuntimeNetwork(p, threads=threads, spinning=args.spinning) for k, p in files.items()})
-        times = measure_latency(models, shape, repeats=args.repeats, warmup=args.warmup, threads=threads)
+        if args.sequential:  # each model in its own block of passes: nothing else runs between its passes
+            times = {}
+            for name, model in models.items():
+                times.update(
+                    measure_latency({name: model}, shape, repeats=args.repeats, warmup=args.warmup, threads=threads)
+                )
+        else:
+            times = measure_latency(models, shape, repeats=args.repeats, warmup=args.warmup, threads=threads)
         results[threads] = {
             name: {
                 "median_ms": statistics.median(t) * 1e3,
@@ -228,6 +235,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "latency": results,
         "profile_ms_per_run": profile,
         "ort_spinning": args.spinning,
+        "sequential": args.sequential,
         "cpu_vnni": _has_vnni(),
         "onnxruntime": import_onnxruntime().__version__,
         "torch": torch.__version__,
@@ -240,7 +248,8 @@ def print_speed(r: dict[str, Any]) -> None:
     shape = "x".join(str(s) for s in r["shape"])
     print(
         f"{r['network']} (width {r['width'] or 'default'}), input {shape}, {r['gflop']:.2f} GFLOP, "
-        f"median of {r['repeats']} interleaved passes; onnxruntime {r['onnxruntime']}, torch {r['torch']}, "
+        f"median of {r['repeats']} {'passes, each model on its own' if r['sequential'] else 'interleaved passes'}; "
+        f"onnxruntime {r['onnxruntime']}, torch {r['torch']}, "
         f"AVX-512 VNNI: {r['cpu_vnni']}; ORT thread spinning {'on' if r['ort_spinning'] else 'off'}"
     )
     print(f"load average at start: {r['loadavg_start']}; at end: {r['loadavg_end']}")
@@ -405,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--calibration-slices", type=int, default=16)
     s.add_argument(
         "--spinning", action="store_true", help="keep ONNX Runtime's thread spinning on in the timed sessions"
+    )
+    s.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time each model in its own block of passes instead of interleaving them (as one user session runs)",
     )
     s.add_argument("--profile", action="store_true", help="ORT per-op profile and the int8 graph's op types")
     s.add_argument("--plain", action="store_true", help="also export the network without optimize_for_inference")

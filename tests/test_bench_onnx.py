@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 
+from onenet_med.profiling import measure_latency
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SPEC = importlib.util.spec_from_file_location("bench_onnx", os.path.join(REPO_ROOT, "scripts", "bench_onnx.py"))
 pytest.importorskip("onnxruntime")
@@ -18,9 +20,18 @@ _SPEC.loader.exec_module(bench)
 
 
 @pytest.mark.slow
-def test_speed_reports_latency_sizes_and_profile(tmp_path, capsys):
+@pytest.mark.parametrize("sequential", [False, True])
+def test_speed_reports_latency_sizes_and_profile(tmp_path, capsys, monkeypatch, sequential):
+    timed_together = []  # the models of each measure_latency call: interleaved, or one at a time
+
+    def spy(nets, *args, **kwargs):
+        timed_together.append(sorted(nets))
+        return measure_latency(nets, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_latency", spy)
     out = tmp_path / "speed.json"
     argv = ["speed", "--width", "4", "--shape", "1", "3", "32", "48", "--threads", "1", "--repeats", "2"]
+    argv += ["--sequential"] if sequential else []
     argv += ["--warmup", "0", "--calibration-slices", "2", "--profile", "--workdir", str(tmp_path / "w")]
     assert bench.main(argv + ["--json", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -31,7 +42,12 @@ def test_speed_reports_latency_sizes_and_profile(tmp_path, capsys):
     assert "com.microsoft.QLinearConv" in data["profile_ms_per_run"]["int8_graph_ops_after_ort_optimisation"]
     assert "QLinearConv" in data["profile_ms_per_run"]["ort_int8"]
     assert data["ort_spinning"] is False  # interleaved sessions must not spin on each other's cores
-    assert "ORT int8 speed-up over ORT fp32" in capsys.readouterr().out
+    assert data["sequential"] is sequential
+    models = list(data["latency"]["1"])
+    assert timed_together == ([[m] for m in models] if sequential else [sorted(models)])
+    printed = capsys.readouterr().out
+    assert "ORT int8 speed-up over ORT fp32" in printed
+    assert ("each model on its own" in printed) is sequential
 
 
 @pytest.mark.slow
