@@ -191,22 +191,26 @@ def test_large_batchnorm_shift_keeps_its_clamp():
 
 
 def test_released_bias_is_rounded_once(monkeypatch):
-    """Releasing a clamp subtracts the BN shift ``t`` from the folded bias ``b s + t``: from the float64 value, not
-    from its float32 rounding (which loses ``b s`` to the ulp of ``t``)."""
+    """Releasing a clamp subtracts the BN shift ``t`` from the folded bias ``b s + t``: optimize_for_inference folds
+    on a float64 copy and rounds once, so the released bias is ``b s`` to float32 precision, not what the float32
+    ``b s + t`` would leave (``b s`` lost to the ulp of ``t``)."""
     monkeypatch.setattr(optimize, "MAX_SHIFT_RATIO", float("inf"))
-    conv, bn = nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1, eps=0.0).eval()
+    pair = nn.Sequential(ChannelDense(1, 1), ChannelDense(1, 1)).eval()
+    conv, bn = pair[0].conv, pair[0].adn.N
+    bn.eps = 0.0
     with torch.no_grad():  # powers of two: s = 128 and t = -1024 exactly
         conv.weight.fill_(1.0)
         conv.bias.fill_(0.1234)
         bn.running_var.fill_(2.0**-14)
         bn.running_mean.fill_(8.0)
-    layer = FastConv2d.from_conv(conv, [nn.ReLU(), bn])
     exact = float(conv.bias) * 128
     rounded_then_shifted = float(torch.tensor(exact - 1024.0, dtype=torch.float32).double() + 1024.0)
     assert abs(rounded_then_shifted - exact) > 1e-5  # what the float32 bias alone would give
-    sign, shift = layer.release_output_affine()
-    assert float(shift) == -1024.0 and float(sign) == 1.0 and layer.relu and not layer.clamp
-    assert abs(float(layer.bias) - exact) <= 1e-6
+    sign, shift = FastConv2d.from_conv(conv.double(), [nn.ReLU(), bn.double()]).release_output_affine()
+    assert float(shift) == -1024.0 and float(sign) == 1.0
+    fast = optimize_for_inference(pair.float())
+    assert fast[0].relu and not fast[0].clamp and fast[0].bias.dtype == torch.float32
+    assert abs(float(fast[0].bias) - exact) <= 1e-6
 
 
 # ---------------------------------------------------------------- the BatchNorm fold across a pixel shuffle

@@ -218,7 +218,6 @@ class FastConv2d(nn.Module):
             act = copy.deepcopy(nn.Sequential(*rest) if len(rest) > 1 else rest[0]).eval()
         lo, hi = (v.to(dtype) if v is not None else None for v in (lo, hi))
         layer = cls(weight.to(dtype), bias.to(dtype), conv.stride, conv.padding, conv.groups, post, lo, hi, act)
-        layer._exact_bias = bias
         layer._shift_ratio = shift_ratio
         return layer
 
@@ -245,20 +244,7 @@ class FastConv2d(nn.Module):
                 y = torch.clamp(y, self.lo, self.hi)
         return self.act(y)
 
-    # ---- rewrites used while optimising (not in forward)
-    # They work on the float64 bias as folded (``_exact_bias``, dropped when optimising ends): a folded
-    # Conv -> ReLU -> BN bias is ``b * s + t``, and recovering ``b * s`` from its float32 rounding would cancel
-    # (a BatchNorm channel of running variance ~0 has s ~ 316 and cost 2e-3 on a trained model's logits).
-
-    def bias64(self) -> torch.Tensor:
-        """The bias in float64, unrounded while optimising."""
-        exact = getattr(self, "_exact_bias", None)
-        return exact if exact is not None else self.bias.detach().double()
-
-    def set_bias64(self, bias: torch.Tensor) -> None:
-        """Set the bias from float64 values (rounded once into the parameter; the float64 copy is kept)."""
-        self.bias = nn.Parameter(bias.to(self.weight.dtype).contiguous(), False)
-        self._exact_bias = bias.detach().double()
+    # ---- rewrites used while optimising (not in forward); optimize_for_inference runs them on a float64 copy
 
     def release_output_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Turn a folded Conv -> ReLU -> BN clamp into a fused ReLU and return what the consumer must apply.
@@ -279,7 +265,7 @@ class FastConv2d(nn.Module):
         sign = torch.where(positive, 1.0, -1.0).to(shift)
         with torch.no_grad():
             self.weight.mul_(sign.view(-1, 1, 1, 1).to(self.weight))
-        self.set_bias64((self.bias64() - shift) * sign)
+            self.bias.copy_(((self.bias.double() - shift) * sign).to(self.bias))
         self.post, self.relu, self.clamp = POST_RELU, True, False
         self.lo = self.lo.new_zeros(0)
         self.hi = self.hi.new_zeros(0)
@@ -296,8 +282,8 @@ class FastConv2d(nn.Module):
         stop = start + sign.numel()
         with torch.no_grad():
             part = self.weight[:, start:stop].double()
+            self.bias.add_((part * shift.view(1, -1, 1, 1)).sum((1, 2, 3)).to(self.bias))
             self.weight[:, start:stop] = (part * sign.view(1, -1, 1, 1)).to(self.weight)
-        self.set_bias64(self.bias64() + (part * shift.view(1, -1, 1, 1)).sum((1, 2, 3)))
         self._refresh()
 
     def permute_outputs(self, order: torch.Tensor) -> None:
@@ -306,8 +292,7 @@ class FastConv2d(nn.Module):
             raise ValueError("cannot permute the outputs of a layer with an activation module")
         with torch.no_grad():
             self.weight.copy_(self.weight[order])
-        self.set_bias64(self.bias64()[order])
-        with torch.no_grad():
+            self.bias.copy_(self.bias[order])
             if self.lo.numel():
                 self.lo = self.lo[:, order].contiguous()
                 self.hi = self.hi[:, order].contiguous()
@@ -376,7 +361,7 @@ def fold_across_shuffle(producer: nn.Module, consumer: nn.Module, start: int, ma
     channels = sign.shape[0]
     negative = torch.nonzero((sign < 0).any(1)).flatten().tolist()
     weight = producer.weight.detach().double()
-    bias = producer.bias64()
+    bias = producer.bias.detach().double()
     rows = weight.view(channels, 4, *weight.shape[1:])
     row_bias = bias.view(channels, 4)
     positive_rows = torch.where((sign > 0).view(channels, 4, 1, 1, 1), rows, 0.0)
@@ -393,16 +378,16 @@ def fold_across_shuffle(producer: nn.Module, consumer: nn.Module, start: int, ma
     skip_columns, up_columns = reader[:, :start], reader[:, start:]
     offsets = up_columns @ (shift[:, 1:] - shift[:, :1])  # (O, 3): W (t_k - t_0)
     new_reader = torch.cat([skip_columns, up_columns, -up_columns[:, negative], offsets / marker], dim=1)
-    consumer_bias = consumer.bias64() + up_columns @ shift[:, 0]
+    consumer_bias = consumer.bias.detach().double() + up_columns @ shift[:, 0]
 
     dtype = producer.weight.dtype
     producer.weight = nn.Parameter(new_weight.to(dtype).contiguous(memory_format=torch.channels_last), False)
-    producer.set_bias64(new_bias)
+    producer.bias = nn.Parameter(new_bias.to(dtype), False)
     producer._refresh()
     consumer.weight = nn.Parameter(
         new_reader[:, :, None, None].to(dtype).contiguous(memory_format=torch.channels_last), False
     )
-    consumer.set_bias64(consumer_bias)
+    consumer.bias = nn.Parameter(consumer_bias.to(dtype), False)
     consumer._refresh()
     return True
 
@@ -424,7 +409,8 @@ class FastDownBlock(nn.Module):
         self.spatial = block.spatial.eval()
         conv = block.reduce.conv
         if self.fused:  # PixelUnshuffle orders channels c * 4 + dy * 2 + dx: the weight viewed as (O, C, 2, 2)
-            folded = nn.Conv2d(conv.in_channels // 4, conv.out_channels, 2, stride=2)
+            like = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+            folded = nn.Conv2d(conv.in_channels // 4, conv.out_channels, 2, stride=2, **like)
             with torch.no_grad():
                 folded.weight.copy_(conv.weight.view(conv.out_channels, conv.in_channels // 4, 2, 2))
                 folded.bias.copy_(conv.bias)
@@ -615,20 +601,20 @@ def _top_per_subpixel_layers(producer: nn.Module, top: FastUpStage, head: nn.Mod
         layer.weight = nn.Parameter(
             weight[:, :, None, None].to(dtype).contiguous(memory_format=torch.channels_last), False
         )
-        layer.set_bias64(bias)
+        layer.bias = nn.Parameter(bias.to(dtype), False)
         layer.groups = groups
         layer._refresh()
 
-    w1, b1 = top.dense1.weight.detach().double()[:, :, 0, 0], top.dense1.bias64()
+    w1, b1 = top.dense1.weight.detach().double()[:, :, 0, 0], top.dense1.bias.detach().double()
     set_layer(
         top.dense1,
         torch.cat([w1 * sign[:, k] for k in range(4)]),
         torch.cat([b1 + w1 @ shift[:, k] for k in range(4)]),
         4,
     )
-    w2, b2 = top.dense2.weight.detach().double()[:, :, 0, 0], top.dense2.bias64()
+    w2, b2 = top.dense2.weight.detach().double()[:, :, 0, 0], top.dense2.bias.detach().double()
     set_layer(top.dense2, w2.repeat(4, 1), b2.repeat(4), 4)
-    wh, bh = head.weight.detach().double()[:, :, 0, 0], head.bias64()
+    wh, bh = head.weight.detach().double()[:, :, 0, 0], head.bias.detach().double()
     k_out, width = wh.shape
     block = torch.zeros(k_out, 4, 4, width, dtype=torch.float64)  # (o, k, k', c): output o * 4 + k reads block k
     for k in range(4):
@@ -746,7 +732,10 @@ def optimize_for_inference(model: nn.Module, portable: bool = False) -> nn.Modul
         fast = copy.deepcopy(model)
         fast.eval()
         return fast
-    fast = copy.deepcopy(model)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    # the folds run on a float64 copy and round once at the end: a folded Conv -> ReLU -> BN bias is b * s + t,
+    # and recovering b * s from its float32 rounding cancels (s ~ 316 cost a trained model 2e-3 on its logits)
+    fast = copy.deepcopy(model).double()
     fast.eval()
     fast = _convert(fast)
     fast.eval()
@@ -757,10 +746,9 @@ def optimize_for_inference(model: nn.Module, portable: bool = False) -> nn.Modul
         for module in fast.modules():
             if isinstance(module, FastEDDecoder):
                 module.make_portable()
-    for module in fast.modules():  # the float64 biases of the rewrites are not part of the model
-        module.__dict__.pop("_exact_bias", None)
+    for module in fast.modules():  # a note for the rewrites, not part of the model
         module.__dict__.pop("_shift_ratio", None)
-    return fast
+    return fast.to(dtype)
 
 
 def _fold_across_blocks(net: OneNet) -> OneNet:
@@ -815,7 +803,7 @@ def _fold_across_blocks(net: OneNet) -> OneNet:
         x = torch.randn(
             1, net.in_channels, 2 * net.multiple, 2 * net.multiple, generator=torch.Generator().manual_seed(0)
         )
-        x = x.to(next(net.parameters()).device)
+        x = x.to(next(net.parameters()))  # its device and dtype
         with torch.no_grad():
             expected = net(x)
             got = trial(x)
